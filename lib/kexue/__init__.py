@@ -1,0 +1,92 @@
+# >>> ENGINEERS IN THIS CHECKOUT: read /work/main/AGENTS.md before anything else (rules: no git commit, no pip install, flock for heavy jobs, API summary). <<<
+"""kexue: the tested library behind *Scientific Spaces, Reproduced*.
+
+Each chapter of the book reproduces one article of Su Jianlin's blog (https://kexue.fm) and calls
+this package for everything longer than a few lines. This module holds the conventions every
+chapter shares: the run scale, the device, and seeding.
+"""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+__version__ = "0.1.0"
+
+SCALES = ("smoke", "full", "large")
+"""smoke: CI, seconds; full: the numbers the book shows (2-core CPU, <= 15 min); large: optional, GPU."""
+
+
+def resolve_scale(default: str = "full") -> str:
+    """The run scale of a chapter: ``$KEXUE_SCALE`` if set, else ``default``.
+
+    A chapter's parameters cell calls this; papermill's ``-p scale ...`` overrides both.
+    Used by every chapter (the scale convention of ``CHAPTER.md``).
+    """
+    scale = os.environ.get("KEXUE_SCALE", "").strip() or default
+    check_scale(scale)
+    return scale
+
+
+def check_scale(scale: str) -> str:
+    """Raise a ``ValueError`` that names the valid scales when ``scale`` is not one of them."""
+    if scale not in SCALES:
+        raise ValueError(
+            f"unknown scale {scale!r}: use one of {', '.join(SCALES)} "
+            "(set KEXUE_SCALE, or pass `-p scale full` to papermill / `make run SCALE=full`)")
+    return scale
+
+
+def config_for(table: dict, scale: str) -> dict:
+    """The row of a chapter's ``CONFIG`` table for ``scale``, with a clear error when it has none.
+
+    A ``large`` run started without CUDA warns, since it is sized for a GPU.
+    """
+    check_scale(scale)
+    if scale not in table:
+        raise ValueError(f"this chapter has no {scale!r} scale; it has: {', '.join(table)}")
+    if scale == "large" and device() != "cuda":
+        warnings.warn(
+            "scale 'large' is sized for a CUDA GPU and may take hours on this CPU; "
+            "use scale 'full' for the numbers the book shows (`make run CHAPTER=<slug>`).",
+            stacklevel=2)
+    return dict(table[scale])
+
+
+def device(prefer: str | None = None) -> str:
+    """``"cuda"`` when available, else ``"cpu"``; ``$KEXUE_DEVICE`` or ``prefer`` can force one.
+
+    Asking for CUDA on a machine without it is an error that says how to fall back.
+    """
+    import torch
+
+    want = (prefer or os.environ.get("KEXUE_DEVICE", "")).strip().lower() or None
+    if want is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {want!r}: use 'cpu' or 'cuda'")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested (KEXUE_DEVICE=cuda) but torch sees no GPU; "
+                           "unset KEXUE_DEVICE to run on the CPU")
+    return want
+
+
+def setup(seed: int = 0, scale: str | None = None, threads: int | None = None) -> str:
+    """Seed Python, NumPy and torch, turn on deterministic algorithms, and print one line:
+    device, torch version, scale and seed. Returns the device. Used by every chapter."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = device()
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"device {dev} ({name}) · torch {torch.__version__} · kexue {__version__} · "
+          f"scale {scale or resolve_scale()} · seed {seed}")
+    return dev

@@ -1,0 +1,147 @@
+"""Run a chapter through papermill: at a scale, with checked parameters, optionally writing the
+outputs back into the committed notebook (volatile metadata stripped).
+
+    kexue-run bert-init-std                       # full scale, outputs written back
+    kexue-run bert-init-std --scale smoke --no-write-back
+    kexue-run xavier-averaging -p seed 1 --no-write-back
+
+The tests call :func:`run_chapter` for every chapter at smoke scale (``tests/chapters``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import book, check_scale
+
+
+class ParameterError(ValueError):
+    """A parameter the chapter's ``parameters`` cell does not declare."""
+
+
+def declared_parameters(nb_path: Path) -> dict:
+    """Names (and defaults) declared in the chapter's cell tagged ``parameters``."""
+    import papermill as pm
+    params = pm.inspect_notebook(str(nb_path))
+    if not params:
+        raise ParameterError(f"{nb_path.name} has no cell tagged 'parameters'")
+    return params
+
+
+def check_parameters(nb_path: Path, parameters: dict) -> None:
+    """Reject parameters the chapter does not declare (papermill alone accepts them silently)."""
+    declared = declared_parameters(nb_path)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ParameterError(f"{nb_path.stem} declares no parameter(s) {', '.join(unknown)}; "
+                             f"it declares: {', '.join(declared)}")
+    if "scale" in parameters:
+        check_scale(parameters["scale"])
+
+
+def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | None = None, *,
+                output: Path | None = None, write_back: bool = False,
+                results_dir: Path | None = None, cell_timeout: int = 1800,
+                progress: bool = False) -> dict:
+    """Execute one chapter; returns ``{"notebook", "output", "seconds", "record"}``.
+
+    The scale travels as ``$KEXUE_SCALE`` (the parameters cell reads it), and also as an injected
+    ``scale`` parameter when the run is not the default full run, so both mechanisms are exercised.
+    With ``write_back`` the executed notebook replaces the chapter's file, minus papermill's
+    timestamps; the injected-parameters cell is kept only if it sets something besides the scale.
+    """
+    import nbformat
+    import papermill as pm
+
+    check_scale(scale)
+    nb_path = Path(chapter) if str(chapter).endswith(".ipynb") else book.notebook_for(str(chapter))
+    nb_path = nb_path.resolve()
+    params = dict(parameters or {})
+    check_parameters(nb_path, params)
+    if scale != "full":
+        params.setdefault("scale", scale)
+    if write_back and scale != "full":
+        raise ValueError(f"refusing to write {scale} outputs into the book: the committed notebook "
+                         "holds a full run (drop --write-back, or use --scale full)")
+    out = Path(output) if output else Path(tempfile.mkdtemp(prefix="kexue-run-")) / nb_path.name
+    env_backup = {k: os.environ.get(k) for k in ("KEXUE_SCALE", "KEXUE_RESULTS_DIR")}
+    os.environ["KEXUE_SCALE"] = scale
+    if results_dir is not None:
+        os.environ["KEXUE_RESULTS_DIR"] = str(results_dir)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb_path), str(out), parameters=params, kernel_name="python3",
+                            cwd=str(nb_path.parent), progress_bar=progress, log_output=False,
+                            execution_timeout=cell_timeout)
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - t0
+    nb = book.strip_volatile(json.loads(out.read_text(encoding="utf-8")))
+    extra = set(params) - {"scale"}
+    if not extra:
+        nb["cells"] = [c for c in nb["cells"]
+                       if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    nbformat.validate(nbformat.from_dict(nb))
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    out.write_text(text, encoding="utf-8")
+    if write_back:
+        nb_path.write_text(text, encoding="utf-8")
+    rdir = Path(results_dir) if results_dir else book.results_dir(scale)
+    name = f"{nb_path.stem}.large.json" if scale == "large" else f"{nb_path.stem}.json"
+    rec_path = rdir / name
+    record = json.loads(rec_path.read_text(encoding="utf-8")) if rec_path.is_file() else None
+    return {"notebook": nb_path, "output": out, "seconds": seconds, "record": record,
+            "record_path": rec_path}
+
+
+def _parse_value(text: str):
+    """Like papermill's ``-p``: int, then float, then bool/None, else the string."""
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="kexue-run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("chapter", help="chapter slug (e.g. bert-init-std) or path to its .ipynb")
+    ap.add_argument("--scale", default="full", help="smoke | full | large (default: full)")
+    ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                    metavar=("NAME", "VALUE"), help="a declared chapter parameter")
+    ap.add_argument("--write-back", dest="write_back", action="store_true", default=None,
+                    help="write outputs into the chapter (default for a full run with no -p)")
+    ap.add_argument("--no-write-back", dest="write_back", action="store_false")
+    ap.add_argument("--output", type=Path, help="where to write the executed notebook")
+    args = ap.parse_args(argv)
+    params = {k: _parse_value(v) for k, v in args.parameter}
+    write_back = args.write_back
+    if write_back is None:
+        write_back = args.scale == "full" and not params
+    try:
+        info = run_chapter(args.chapter, args.scale, params, output=args.output,
+                           write_back=write_back, progress=True)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kexue-run: {e}", file=sys.stderr)
+        return 2
+    rec = info["record"]
+    print(f"{info['notebook'].stem}: {args.scale} run took {info['seconds']:.0f} s; "
+          f"executed notebook: {info['output']}"
+          + (f"; written back to {info['notebook']}" if write_back else ""))
+    if rec:
+        print(f"record: {info['record_path']} — verdict {rec['verdict']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

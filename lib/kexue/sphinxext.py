@@ -1,0 +1,28 @@
+"""Sphinx extension of the book: the ``scoreboard`` directive, rendered from ``results/*.json``
+at build time. Registered in ``_config.yml`` (``sphinx.extra_extensions``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from docutils import nodes
+from docutils.parsers.rst import Directive
+
+from . import book
+from .scoreboard import build_rows, render_html
+
+
+class ScoreboardDirective(Directive):
+    has_content = False
+
+    def run(self):
+        env = self.state.document.settings.env
+        root = Path(env.srcdir)
+        # re-render the page whenever a record or a chapter changes
+        for path in sorted((root / "results").glob("*.json")) + book.chapter_notebooks(root):
+            env.note_dependency(str(path))
+        return [nodes.raw("", render_html(build_rows(root)), format="html")]
+
+
+def setup(app):
+    app.add_directive("scoreboard", ScoreboardDirective)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
