@@ -1,0 +1,59 @@
+# One entry point for the book. The two commands a fresh machine needs (Python 3.10+ and npm):
+#   make book   set up .venv, vendor MathJax, build the HTML book into _build/html
+#   make test   set up, then unit tests, every chapter at smoke scale, nbval, currency checks,
+#               and a strict book build
+# Others: make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kexue-installed
+MATHJAX := _vendor/mathjax/tex-mml-chtml.js
+SCALE ?= full
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
+
+setup: $(STAMP) $(MATHJAX)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' \
+	  || { echo "set PYTHON=/path/to/python3.11 (make PYTHON=python3.11 ...)"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+$(MATHJAX):
+	bash tools/fetch_mathjax.sh
+
+book: setup
+	$(BIN)/jupyter-book build --all . 
+	@echo "open _build/html/index.html"
+
+test: setup test-lib test-chapters test-nbval book-strict
+
+test-lib:
+	$(BIN)/pytest -q tests/lib
+
+test-chapters:
+	$(BIN)/pytest -q tests/chapters
+
+test-nbval:
+	KEXUE_SCALE=smoke $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with tests/sanitize.cfg chapters/
+
+book-strict:
+	$(BIN)/jupyter-book build --all -W -n --keep-going .
+
+run: setup
+	@test -n "$(CHAPTER)" || { echo "usage: make run CHAPTER=<slug> [SCALE=full|smoke|large]"; exit 2; }
+	$(BIN)/kexue-run $(CHAPTER) --scale $(SCALE)
+
+lab: setup
+	$(BIN)/jupyter lab --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+scoreboard: setup
+	$(BIN)/python -m kexue.scoreboard
+
+clean:
+	rm -rf _build

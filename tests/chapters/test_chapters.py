@@ -1,0 +1,92 @@
+"""Every chapter in _toc.yml: runs at smoke scale through papermill within the hard limit, writes a
+well-formed results record, and its committed outputs are those of a current full run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import papermill
+import pytest
+
+from kexue import book
+from kexue.results import validate_record
+from kexue.runner import ParameterError, check_parameters, run_chapter
+
+ROOT = book.repo_root(Path(__file__).parent)
+CHAPTERS = book.chapter_notebooks(ROOT)
+SMOKE_LIMIT_S = 180
+
+
+def ids(p):
+    return p.stem
+
+
+def load(nb_path):
+    return json.loads(nb_path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
+def test_smoke_run(nb_path, tmp_path, smoke_times):
+    info = run_chapter(nb_path, "smoke", results_dir=tmp_path, output=tmp_path / nb_path.name)
+    smoke_times[nb_path.stem] = info["seconds"]
+    assert info["seconds"] <= SMOKE_LIMIT_S, f"smoke run took {info['seconds']:.0f} s"
+    assert info["record"] is not None, "the chapter wrote no results record (res.save())"
+    problems = validate_record(info["record"], slug=nb_path.stem, scale="smoke")
+    assert not problems, problems
+    assert info["record"]["code_hash"] == book.code_hash(nb_path)
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
+def test_committed_outputs_are_a_current_full_run(nb_path):
+    rec_path = ROOT / "results" / f"{nb_path.stem}.json"
+    assert rec_path.is_file(), f"no results/{nb_path.stem}.json: run `make run CHAPTER={nb_path.stem}`"
+    rec = json.loads(rec_path.read_text(encoding="utf-8"))
+    assert not validate_record(rec, slug=nb_path.stem, scale="full"), validate_record(rec)
+    assert rec["code_hash"] == book.code_hash(nb_path), (
+        f"{nb_path.stem}: code changed since its full run; run `make run CHAPTER={nb_path.stem}`")
+    nb = load(nb_path)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code), "some code cells were never run"
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"committed error outputs: {[e.get('ename') for e in errors]}"
+    assert "papermill" not in nb["metadata"], "papermill metadata not stripped"
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
+def test_chapter_layout(nb_path):
+    nb = load(nb_path)
+    art = book.article(nb_path.stem)
+    assert nb_path.parent.name == art["part"], f"chapter belongs in chapters/{art['part']}/"
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown" and f"archives/{art['archive']}" in "".join(first["source"])
+    params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and params[0]["cell_type"] == "code"
+    declared = set(papermill.inspect_notebook(str(nb_path)))
+    assert {"scale", "seed"} <= declared
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown").lower()
+    for heading in ("claims", "results against the article", "verdict", "notes and limits"):
+        assert f"# {heading}" in text or f" {heading}" in text, f"no '{heading}' section"
+
+
+def test_unknown_parameter_is_rejected():
+    with pytest.raises(ParameterError, match="declares no parameter"):
+        check_parameters(CHAPTERS[0], {"no_such_knob": 1})
+
+
+def test_unknown_scale_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        run_chapter(CHAPTERS[0], "huge", results_dir=tmp_path)
+
+
+def test_smoke_outputs_are_never_written_back(tmp_path):
+    with pytest.raises(ValueError, match="refusing to write smoke outputs"):
+        run_chapter(CHAPTERS[0], "smoke", write_back=True, results_dir=tmp_path)
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS[:1], ids=ids)
+def test_chapter_without_the_library_says_how_to_install_it(nb_path):
+    params = next(c for c in load(nb_path)["cells"] if "parameters" in c["metadata"].get("tags", []))
+    # -S: no site-packages, so kexue (installed into the venv) cannot be imported
+    out = subprocess.run([sys.executable, "-S", "-c", "".join(params["source"])],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "make setup" in out.stderr, out.stderr[-500:]

@@ -1,0 +1,107 @@
+"""Claims, verdicts and the results record."""
+import json
+import math
+
+import pytest
+
+from kexue import book
+from kexue.results import Results, describe_test, evaluate_test, validate_record
+
+
+@pytest.mark.parametrize("test,value,expect", [
+    ((">=", 1.0), 1.0, True), ((">=", 1.0), 0.999, False), ((">", 1.0), 1.0, False),
+    (("<=", 0.5), 0.5, True), (("<", 0.5), 0.5, False),
+    (("between", 0.8, 1.25), 0.8, True), (("between", 0.8, 1.25), 1.26, False),
+    (("near", 0.01759, 2e-4), 0.0177, True), (("near", 0.01759, 2e-4), 0.0180, False),
+    (("rel_near", 2.0, 0.03), 2.05, True), (("rel_near", 2.0, 0.03), 2.07, False),
+    (("is", True), True, True), (("is", True), False, False),
+    ((">=", 0.0), float("nan"), False), (("<=", 1.0), None, False),
+])
+def test_evaluate_test(test, value, expect):
+    assert evaluate_test(test, value) is expect
+
+
+def test_describe_test():
+    assert describe_test(("between", 0.8, 1.25)) == "in [0.8, 1.25]"
+    assert describe_test(("rel_near", 1.0, 0.1)) == "within 10% of 1"
+
+
+def make(tmp_path, outcomes):
+    res = Results("bert-init-std", scale="smoke", seed=3)
+    for i, _ in enumerate(outcomes):
+        res.claim(f"C{i + 1}", f"claim {i}", metric=f"m{i}", test=(">=", 1.0), article="1")
+    for i, v in enumerate(outcomes):
+        res.check(f"C{i + 1}", v)
+    res.compare("q", "s", article="≈ 1", ours=1.234567, key=True)
+    return res
+
+
+@pytest.mark.parametrize("values,verdict", [([1, 2], "reproduced"), ([0, 2], "partly reproduced"),
+                                            ([0, 0.5], "not reproduced")])
+def test_verdict_follows_the_claims(tmp_path, values, verdict):
+    res = make(tmp_path, values)
+    assert res.verdict() == verdict
+    path = res.save(tmp_path)
+    rec = json.loads(path.read_text())
+    assert rec["verdict"] == verdict and not validate_record(rec, "bert-init-std", "smoke")
+    assert rec["comparisons"][0]["ours"] == "1.235"
+    assert f"**Verdict: {verdict}**" in res.verdict_markdown()
+
+
+def test_declaration_errors():
+    res = Results("bert-init-std", scale="smoke")
+    res.claim("C1", "x", metric="m", test=(">=", 1))
+    with pytest.raises(ValueError, match="declared twice"):
+        res.claim("C1", "x", metric="m", test=(">=", 1))
+    with pytest.raises(ValueError, match="takes 2 argument"):
+        res.claim("C2", "x", metric="m", test=("between", 1))
+    with pytest.raises(ValueError, match="op in"):
+        res.claim("C3", "x", metric="m", test=("~", 1))
+    with pytest.raises(KeyError, match="not declared"):
+        res.check("C9", 1.0)
+    with pytest.raises(RuntimeError, match="without an outcome: C1"):
+        res.verdict()
+    with pytest.raises(KeyError, match="unknown chapter slug"):
+        Results("no-such-article", scale="smoke")
+    with pytest.raises(ValueError, match="unknown scale"):
+        Results("bert-init-std", scale="xl")
+
+
+def test_failed_implementation_check_raises():
+    res = Results("bert-init-std", scale="smoke")
+    res.implementation_check("ok", True)
+    with pytest.raises(AssertionError, match="implementation check failed: parity"):
+        res.implementation_check("parity", False, "max error 1e-2")
+
+
+def test_nan_values_are_recorded_as_not_held(tmp_path):
+    res = make(tmp_path, [float("nan")])
+    rec = json.loads(res.save(tmp_path).read_text())
+    assert rec["claims"][0]["held"] is False and rec["claims"][0]["value"] == "nan"
+    assert rec["verdict"] == "not reproduced"
+
+
+def test_validate_record_catches_inconsistency(tmp_path):
+    rec = json.loads(make(tmp_path, [1, 2]).save(tmp_path).read_text())
+    assert validate_record(rec) == []
+    bad = dict(rec, verdict="not reproduced")
+    assert any("does not follow" in p for p in validate_record(bad))
+    assert any("missing key 'claims'" in p for p in validate_record({k: v for k, v in rec.items() if k != "claims"}))
+    assert validate_record(rec, scale="full") == ["scale is 'smoke', expected 'full'"]
+
+
+def test_large_records_get_their_own_file(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = Results("bert-init-std", scale="large")
+    res.claim("C1", "x", metric="m", test=(">=", 0))
+    res.check("C1", 1)
+    res.compare("q", "s", article=1, ours=1)
+    assert res.save(tmp_path).name == "bert-init-std.large.json"
+
+
+def test_smoke_records_never_land_in_results(monkeypatch):
+    monkeypatch.delenv("KEXUE_RESULTS_DIR", raising=False)
+    assert book.results_dir("smoke").parts[-2:] == ("_build", "results-smoke")
+    assert book.results_dir("full").name == "results"
+    assert not math.isnan(0.0)

@@ -1,0 +1,66 @@
+"""The scoreboard reflects records: pending, stale, current, not written."""
+import json
+import shutil
+
+import nbformat
+
+from kexue import book
+from kexue.results import Results
+from kexue.scoreboard import build_rows, render_html, summary
+
+
+def mini_book(tmp_path):
+    (tmp_path / "lib" / "kexue").mkdir(parents=True)
+    (tmp_path / "chapters" / "01-signal-propagation").mkdir(parents=True)
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nparts:\n  - caption: P\n    chapters:\n"
+        "      - file: chapters/01-signal-propagation/bert-init-std\n"
+        "      - file: chapters/01-signal-propagation/xavier-averaging\n")
+    for slug in ("bert-init-std", "xavier-averaging"):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"x = '{slug}'")]
+        nbformat.write(nb, tmp_path / "chapters" / "01-signal-propagation" / f"{slug}.ipynb")
+    return tmp_path
+
+
+def record(tmp_path, slug, held):
+    res = Results(slug, scale="full")
+    res.claim("C1", "c", metric="m", test=(">=", 1))
+    res.check("C1", 2 if held else 0)
+    res.compare("the number", "s", article="1", ours=2, key=True)
+    rec = res.record()
+    rec["code_hash"] = book.code_hash(tmp_path / "chapters" / "01-signal-propagation" / f"{slug}.ipynb")
+    (tmp_path / "results").mkdir(exist_ok=True)
+    (tmp_path / "results" / f"{slug}.json").write_text(json.dumps(rec))
+
+
+def test_statuses(tmp_path):
+    root = mini_book(tmp_path)
+    rows = {r.slug: r for r in build_rows(root)}
+    assert len(rows) == 36
+    assert rows["bert-init-std"].status == "pending" and rows["rnn-gradients"].status == "not written"
+    record(root, "bert-init-std", held=True)
+    record(root, "xavier-averaging", held=False)
+    rows = {r.slug: r for r in build_rows(root)}
+    assert rows["bert-init-std"].status == "current" and rows["bert-init-std"].held == (1, 1)
+    nb_path = root / "chapters" / "01-signal-propagation" / "xavier-averaging.ipynb"
+    nb = nbformat.read(nb_path, 4)
+    nb.cells[0].source = "x = 'edited'"
+    nbformat.write(nb, nb_path)
+    rows = build_rows(root)
+    assert {r.slug: r.status for r in rows}["xavier-averaging"] == "stale"
+    s = summary(rows)
+    assert (s["written"], s["reproduced"], s["not reproduced"], s["pending or stale"]) == (2, 1, 1, 1)
+    page = render_html(rows)
+    assert "outputs stale" in page and "chapter not written yet" in page
+    assert "<b>2</b> (1)" in page  # key number: ours, then the article's
+    assert "chapters/01-signal-propagation/bert-init-std.html" in page
+
+
+def test_invalid_record_is_flagged(tmp_path):
+    root = mini_book(tmp_path)
+    (root / "results").mkdir()
+    (root / "results" / "bert-init-std.json").write_text(json.dumps({"slug": "bert-init-std"}))
+    row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
+    assert row.status == "invalid" and row.problems
+    shutil.rmtree(root / "results")
