@@ -201,7 +201,7 @@ class Results:
     def verdict_markdown(self) -> str:
         rows = ["| claim | statement | test | ours | article | outcome |", "|---|---|---|---|---|---|"]
         for c in self.claims.values():
-            outcome = "—" if c.held is None else ("✅ held" if c.held else "❌ not held")
+            outcome = "—" if c.held is None else ("**held**" if c.held else "**not held**")
             rows.append(f"| {c.id} | {c.statement} | {c.metric} {describe_test(c.test)} | "
                         f"{_fmt(c.value)} | {_fmt(c.article)} | {outcome} |")
         held = sum(bool(c.held) for c in self.claims.values())
@@ -258,8 +258,9 @@ class Results:
             return None
         return book.code_hash(path)
 
-    def save(self, directory: Path | None = None) -> Path:
-        """Write ``<slug>.json`` (``<slug>.large.json`` for a large run) and print where."""
+    def save(self, directory: Path | None = None) -> None:
+        """Write ``<slug>.json`` (``<slug>.large.json`` for a large run) and print where; the path
+        is kept in ``self.saved_path`` (not returned, so a notebook shows no machine path)."""
         rec = self.record()
         d = Path(directory) if directory else book.results_dir(self.scale)
         d.mkdir(parents=True, exist_ok=True)
@@ -269,7 +270,7 @@ class Results:
         shown = path.relative_to(root) if root and path.is_relative_to(root) else path.name
         print(f"results record written: {shown} (verdict: {rec['verdict']}, "
               f"wall time {rec['wall_time_s']:.0f} s)")
-        return path
+        self.saved_path = path
 
 
 REQUIRED = {"slug": str, "title": str, "article": dict, "scale": str, "seed": int, "device": str,

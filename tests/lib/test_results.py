@@ -41,7 +41,8 @@ def make(tmp_path, outcomes):
 def test_verdict_follows_the_claims(tmp_path, values, verdict):
     res = make(tmp_path, values)
     assert res.verdict() == verdict
-    path = res.save(tmp_path)
+    res.save(tmp_path)
+    path = res.saved_path
     rec = json.loads(path.read_text())
     assert rec["verdict"] == verdict and not validate_record(rec, "bert-init-std", "smoke")
     assert rec["comparisons"][0]["ours"] == "1.235"
@@ -76,13 +77,16 @@ def test_failed_implementation_check_raises():
 
 def test_nan_values_are_recorded_as_not_held(tmp_path):
     res = make(tmp_path, [float("nan")])
-    rec = json.loads(res.save(tmp_path).read_text())
+    res.save(tmp_path)
+    rec = json.loads(res.saved_path.read_text())
     assert rec["claims"][0]["held"] is False and rec["claims"][0]["value"] == "nan"
     assert rec["verdict"] == "not reproduced"
 
 
 def test_validate_record_catches_inconsistency(tmp_path):
-    rec = json.loads(make(tmp_path, [1, 2]).save(tmp_path).read_text())
+    res = make(tmp_path, [1, 2])
+    res.save(tmp_path)
+    rec = json.loads(res.saved_path.read_text())
     assert validate_record(rec) == []
     bad = dict(rec, verdict="not reproduced")
     assert any("does not follow" in p for p in validate_record(bad))
@@ -97,7 +101,8 @@ def test_large_records_get_their_own_file(tmp_path, monkeypatch):
     res.claim("C1", "x", metric="m", test=(">=", 0))
     res.check("C1", 1)
     res.compare("q", "s", article=1, ours=1)
-    assert res.save(tmp_path).name == "bert-init-std.large.json"
+    res.save(tmp_path)
+    assert res.saved_path.name == "bert-init-std.large.json"
 
 
 def test_smoke_records_never_land_in_results(monkeypatch):
