@@ -1,0 +1,164 @@
+"""A compact, deterministic classifier training loop (minibatch SGD with momentum) and the small
+real data set the book trains on when a chapter needs one that fits a 2-core CPU.
+
+First used by https://kexue.fm/archives/8725 (chapter ``xavier-averaging``), whose exploratory
+study trains deep non-square MLPs under each initialisation rule.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+# sha256 of sklearn's bundled 8×8 digits (float64 features then int64 labels), checked on load.
+DIGITS_SHA256 = "f6d9e39f37dc45d327f6db33428ee58970ccceabb2535a5c179de35886b70443"
+
+
+def _digits_checksum(X: np.ndarray, y: np.ndarray) -> str:
+    return hashlib.sha256(X.astype(np.float64).tobytes() + y.astype(np.int64).tobytes()).hexdigest()
+
+
+def load_digits_split(split_seed: int = 0, test_size: float = 0.25, val_size: float = 0.2,
+                      check: bool = True) -> dict:
+    """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), split once with a fixed seed.
+
+    Stratified: ``test_size`` of the data is the test set, then ``val_size`` of the rest is the
+    validation set (for choosing learning rates), the remainder the training set. Features are
+    standardised with the *training* mean and std (constant pixels stay 0). Returns float32 ``X_*``
+    and int64 ``y_*`` tensors for train, val, test. Data: ``sklearn.datasets.load_digits``
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ImportError("the digits data ship with scikit-learn: run "
+                          "`.venv/bin/pip install scikit-learn==1.9.1` (or `make setup`)") from err
+    X, y = load_digits(return_X_y=True)
+    if check and _digits_checksum(X, y) != DIGITS_SHA256:
+        raise ValueError("sklearn's bundled digits do not match the pinned checksum; install "
+                         "scikit-learn==1.9.1 (requirements.txt)")
+    X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=test_size, stratify=y,
+                                                      random_state=split_seed)
+    X_train, X_val, y_train, y_val = train_test_split(X_rest, y_rest, test_size=val_size,
+                                                      stratify=y_rest, random_state=split_seed)
+    mean, std = X_train.mean(axis=0), X_train.std(axis=0)
+    std[std == 0] = 1.0
+
+    def f(a):
+        return torch.tensor((a - mean) / std, dtype=torch.float32)
+
+    def t(a):
+        return torch.tensor(a, dtype=torch.int64)
+
+    return {"X_train": f(X_train), "y_train": t(y_train), "X_val": f(X_val), "y_val": t(y_val),
+            "X_test": f(X_test), "y_test": t(y_test)}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max logit is the label. Non-finite logits (a diverged model)
+    count as wrong. Used by ``train_classifier`` (chapter ``xavier-averaging``,
+    https://kexue.fm/archives/8725)."""
+    logits = model(X)
+    ok = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y)
+    return ok.float().mean().item()
+
+
+@dataclass
+class TrainResult:
+    """What one training run returns."""
+    train_loss: list = field(default_factory=list)  # mean minibatch cross-entropy of each epoch
+    final_train_loss: float = math.nan               # cross-entropy on the whole training set at the end
+    test_acc: float = math.nan
+    val_acc: float = math.nan
+    init_test_acc: float = math.nan                  # the same model before any step (a control)
+    diverged: bool = False                           # a non-finite loss stopped the run
+    seconds: float = 0.0
+
+
+def train_classifier(model: nn.Module, data: dict, *, lr: float, epochs: int, batch_size: int = 64,
+                     momentum: float = 0.9, optimizer: str = "sgd", seed: int = 0) -> TrainResult:
+    """Train ``model`` with cross-entropy and minibatch SGD + momentum (PyTorch's form:
+    v ← μ·v + g, θ ← θ - lr·v; ``optimizer="adam"`` swaps in Adam with β1 = ``momentum``),
+    reshuffling each epoch with a generator seeded by ``seed``.
+
+    ``data`` holds ``X_train, y_train, X_test, y_test`` and optionally ``X_val, y_val``. No weight
+    decay, clipping or schedule, so the initialisation is all that differs between runs of a study.
+    A non-finite minibatch loss stops the run (``diverged``; the rest of the curve is NaN).
+    Deterministic for a given model, data and seed on one machine
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    t0 = time.perf_counter()
+    X, y = data["X_train"], data["y_train"]
+    gen = torch.Generator().manual_seed(seed)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999))
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    loss_fn = nn.CrossEntropyLoss()
+    res = TrainResult(init_test_acc=accuracy(model, data["X_test"], data["y_test"]))
+    for _ in range(epochs):
+        if res.diverged:
+            res.train_loss.append(math.nan)
+            continue
+        order = torch.randperm(len(X), generator=gen)
+        total, count = 0.0, 0
+        for start in range(0, len(X), batch_size):
+            idx = order[start:start + batch_size]
+            loss = loss_fn(model(X[idx]), y[idx])
+            if not torch.isfinite(loss):
+                res.diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        res.train_loss.append(math.nan if res.diverged else total / count)
+    with torch.no_grad():
+        final = loss_fn(model(X), y).item()
+    res.final_train_loss = final if math.isfinite(final) else math.nan
+    res.test_acc = accuracy(model, data["X_test"], data["y_test"])
+    if "X_val" in data:
+        res.val_acc = accuracy(model, data["X_val"], data["y_val"])
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def lr_seed_sweep(build, data: dict, *, lrs, seeds, epochs: int, batch_size: int = 64,
+                  momentum: float = 0.9, optimizer: str = "sgd") -> list[dict]:
+    """Train ``build(seed)`` (a fresh model per run) for every learning rate × seed.
+
+    Returns one dict per run: lr, seed and the fields of ``TrainResult``
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    runs = []
+    for lr in lrs:
+        for s in seeds:
+            r = train_classifier(build(s), data, lr=lr, epochs=epochs, batch_size=batch_size,
+                                 momentum=momentum, optimizer=optimizer, seed=s)
+            runs.append({"lr": lr, "seed": s, **vars(r)})
+    return runs
+
+
+def select_lr_by_validation(runs: list[dict]) -> float:
+    """The learning rate with the highest mean validation accuracy over seeds (ties: the smaller
+    lr). Test accuracy is never looked at (https://kexue.fm/archives/8725, chapter
+    ``xavier-averaging``)."""
+    lrs = sorted({r["lr"] for r in runs})
+    means = [np.mean([r["val_acc"] for r in runs if r["lr"] == lr]) for lr in lrs]
+    return lrs[int(np.argmax(means))]
+
+
+def summarize(runs: list[dict], key: str, lr: float | None = None) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one run) and count of ``key`` over the runs (at ``lr`` if given).
+
+    https://kexue.fm/archives/8725, chapter ``xavier-averaging``."""
+    vals = np.array([r[key] for r in runs if lr is None or r["lr"] == lr], dtype=float)
+    std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return float(vals.mean()), std, len(vals)
