@@ -1,4 +1,3 @@
-# >>> ENGINEERS IN THIS CHECKOUT: read /work/main/AGENTS.md before anything else (rules: no git commit, no pip install, flock for heavy jobs, API summary). <<<
 """kexue: the tested library behind *Scientific Spaces, Reproduced*.
 
 Each chapter of the book reproduces one article of Su Jianlin's blog (https://kexue.fm) and calls

@@ -1,4 +1,3 @@
-# >>> ENGINEERS IN THIS CHECKOUT: read /work/main/AGENTS.md before anything else (rules: no git commit, no pip install, flock for heavy jobs, API summary). <<<
 """Weight initialisation: BERT's truncated normal and the dimension averages for non-square
 matrices.
 

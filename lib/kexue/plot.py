@@ -1,4 +1,3 @@
-# >>> ENGINEERS IN THIS CHECKOUT: read /work/main/AGENTS.md before anything else (rules: no git commit, no pip install, flock for heavy jobs, API summary). <<<
 """One figure style for the whole book: white background (readable in dark mode), labelled
 axes, a legend, a title that says what the figure shows. Used by every chapter."""
 from __future__ import annotations

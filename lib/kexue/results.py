@@ -1,4 +1,3 @@
-# >>> ENGINEERS IN THIS CHECKOUT: read /work/main/AGENTS.md before anything else (rules: no git commit, no pip install, flock for heavy jobs, API summary). <<<
 """Claims, outcomes and the results record of a chapter (``results/<slug>.json``).
 
 A chapter declares its claim checks *before* it runs anything (id, statement, metric, test and
@@ -316,6 +315,8 @@ def validate_record(rec: dict, slug: str | None = None, scale: str | None = None
 
 def glue(name: str, value, display: bool = False):
     """Make ``value`` quotable in prose (``{glue:text}`name```); myst-nb's glue when present."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # numpy / torch scalar -> float, so `{glue:text}` can format it
     try:
         from myst_nb import glue as _glue
     except ImportError:  # outside the book toolchain (e.g. Colab): just show it

@@ -110,3 +110,11 @@ def test_smoke_records_never_land_in_results(monkeypatch):
     assert book.results_dir("smoke").parts[-2:] == ("_build", "results-smoke")
     assert book.results_dir("full").name == "results"
     assert not math.isnan(0.0)
+
+
+def test_glue_turns_numpy_scalars_into_plain_numbers(capsys):
+    import numpy as np
+
+    from kexue.results import glue
+    assert type(glue("x", np.float64(0.25))) is float
+    assert type(glue("n", np.int64(3))) is int
