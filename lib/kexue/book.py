@@ -39,12 +39,22 @@ def catalog() -> dict[str, dict]:
     return out
 
 
+def pages() -> dict[str, dict]:
+    """The book's pages that are not articles (workbenches), by slug; ``url`` and ``archive`` are None."""
+    data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
+    return {p["slug"]: dict(p, url=None, kind="page") for p in data.get("pages", [])}
+
+
 def article(slug: str) -> dict:
-    """Catalogue entry of one article; a clear error for an unknown slug."""
+    """Catalogue entry of one article (or of a workbench page, ``kind == "page"``); a clear error
+    for an unknown slug."""
     cat = catalog()
-    if slug not in cat:
-        raise KeyError(f"unknown chapter slug {slug!r}; known slugs are listed in {CATALOG_FILE}")
-    return cat[slug]
+    if slug in cat:
+        return dict(cat[slug], kind="article")
+    extra = pages()
+    if slug in extra:
+        return extra[slug]
+    raise KeyError(f"unknown chapter slug {slug!r}; known slugs are listed in {CATALOG_FILE}")
 
 
 def toc_files(root: Path) -> list[str]:

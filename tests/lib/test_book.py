@@ -52,3 +52,12 @@ def test_toc_and_notebook_lookup(root):
     assert book.notebook_for("bert-init-std", root).name == "bert-init-std.ipynb"
     with pytest.raises(FileNotFoundError, match="no chapter 'nope'"):
         book.notebook_for("nope", root)
+
+
+def test_workbench_pages_are_known_but_not_articles():
+    assert "bert-zh-workbench" not in book.catalog()
+    page = book.article("bert-zh-workbench")
+    assert page["kind"] == "page" and page["archive"] is None and page["url"] is None
+    assert book.article("bert-init-std")["kind"] == "article"
+    with pytest.raises(KeyError, match="unknown chapter slug"):
+        book.article("no-such-page")

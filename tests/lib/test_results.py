@@ -92,6 +92,10 @@ def test_validate_record_catches_inconsistency(tmp_path):
     assert any("does not follow" in p for p in validate_record(bad))
     assert any("missing key 'claims'" in p for p in validate_record({k: v for k, v in rec.items() if k != "claims"}))
     assert validate_record(rec, scale="full") == ["scale is 'smoke', expected 'full'"]
+    no_rows = dict(rec, comparisons=[])
+    assert validate_record(no_rows) == ["no results-vs-article rows"]
+    page = dict(no_rows, article={"url": None, "date": None, "archive": None})
+    assert validate_record(page) == []  # a workbench page has no article to compare with
 
 
 def test_large_records_get_their_own_file(tmp_path, monkeypatch):

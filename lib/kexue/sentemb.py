@@ -1,0 +1,177 @@
+"""Sentence embeddings from a BERT encoder and their evaluation on semantic similarity: pooling,
+BERT-whitening, Spearman correlation, the controls every such number needs (a random-init encoder
+and a plain character-overlap score), and a short CoSENT fine-tune.
+
+- Whitening: "你可能不需要BERT-flow:一个线性变换媲美BERT-flow", https://kexue.fm/archives/8069
+- CoSENT: "CoSENT(一):比Sentence-BERT更有效的句向量方案", https://kexue.fm/archives/8847
+Used by the chapters ``bert-whitening`` and ``cosent`` and by the pre-training evaluations of
+:mod:`kexue.pretrain`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .zeroshot import _batches_by_length
+
+
+def _bert(model):
+    return getattr(model, "bert", model)
+
+
+def _pool(hidden_states, att: torch.Tensor, pooling: str) -> torch.Tensor:
+    m = att.unsqueeze(-1).to(hidden_states[-1].dtype)
+    if pooling == "cls":
+        return hidden_states[-1][:, 0]
+    if pooling == "mean":
+        h = hidden_states[-1]
+    elif pooling == "first_last":
+        h = (hidden_states[1] + hidden_states[-1]) / 2
+    else:
+        raise ValueError("pooling must be 'mean', 'cls' or 'first_last'")
+    return (h * m).sum(1) / m.sum(1)
+
+
+@torch.no_grad()
+def encode(model, tok, sentences: list[str], *, pooling: str = "mean", batch_size: int = 256,
+           max_length: int = 64) -> np.ndarray:
+    """(n, d) float64 sentence vectors. ``mean``: average of the last layer over all non-padding
+    tokens ([CLS] and [SEP] included); ``first_last``: the same average of (first layer + last
+    layer)/2; ``cls``: the last layer at [CLS] (https://kexue.fm/archives/8069)."""
+    bert = _bert(model)
+    enc = tok(list(sentences), truncation=True, max_length=max_length)
+    out = np.empty((len(sentences), bert.config.hidden_size))
+    was_training = bert.training
+    bert.eval()
+    dev = next(bert.parameters()).device
+    for idx, inp, typ, att in _batches_by_length(enc["input_ids"], enc["token_type_ids"], batch_size,
+                                                 tok.pad_token_id):
+        o = bert(input_ids=inp.to(dev), token_type_ids=typ.to(dev), attention_mask=att.to(dev),
+                 output_hidden_states=pooling == "first_last")
+        hs = o.hidden_states if pooling == "first_last" else (o[0],)
+        out[idx] = _pool(hs, att.to(dev), pooling).double().cpu().numpy()
+    bert.train(was_training)
+    return out
+
+
+def fit_whitening(X: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """BERT-whitening: μ = mean(X), Σ = (X−μ)ᵀ(X−μ)/n = U Λ Uᵀ, W = U Λ^{−1/2} (first ``dim``
+    columns), so that (X−μ)W has identity covariance (https://kexue.fm/archives/8069)."""
+    X = np.asarray(X, dtype=np.float64)
+    mu = X.mean(0, keepdims=True)
+    cov = (X - mu).T @ (X - mu) / len(X)
+    u, s, _ = np.linalg.svd(cov)
+    W = u / np.sqrt(s)
+    return mu, W[:, :dim] if dim else W
+
+
+def apply_whitening(X: np.ndarray, mu: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """x ↦ (x − μ)W (https://kexue.fm/archives/8069)."""
+    return (np.asarray(X, dtype=np.float64) - mu) @ W
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity aᵢ·bᵢ / (|aᵢ||bᵢ|)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-300)
+
+
+def rankdata(x) -> np.ndarray:
+    """Ranks 1..n, ties receiving the mean of the ranks they span."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x))
+    start = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    end = np.r_[start[1:], len(x)]
+    for s, e in zip(start, end):
+        ranks[order[s:e]] = (s + e + 1) / 2
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman's ρ: the Pearson correlation of the (tie-averaged) ranks."""
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / np.sqrt((rx * rx).sum() * (ry * ry).sum()))
+
+
+def char_overlap(s1: list[str], s2: list[str], kind: str = "dice") -> np.ndarray:
+    """The lexical-overlap control: with A, B the sets of non-space characters of the two sentences,
+    Dice = 2|A∩B|/(|A|+|B|) or Jaccard = |A∩B|/|A∪B| (0 for two empty sentences)."""
+    out = np.empty(len(s1))
+    for i, (a, b) in enumerate(zip(s1, s2)):
+        A, B = set(a) - {" ", "\t", "\n"}, set(b) - {" ", "\t", "\n"}
+        inter = len(A & B)
+        if kind == "dice":
+            den = len(A) + len(B)
+            out[i] = 2 * inter / den if den else 0.0
+        elif kind == "jaccard":
+            den = len(A | B)
+            out[i] = inter / den if den else 0.0
+        else:
+            raise ValueError("kind must be 'dice' or 'jaccard'")
+    return out
+
+
+def random_init_like(model, seed: int = 0):
+    """The control encoder: a fresh ``BertForPreTraining`` with the same config, initialised from
+    ``seed`` (no pre-training at all; research/pilot-bert.md shows it is a strong control)."""
+    from .models.bert_zh import build_model
+    return build_model(model.config, seed)
+
+
+def sts_spearman(model, tok, s1: list[str], s2: list[str], scores, *, pooling: str = "mean",
+                 whiten_sentences: list[str] | None = None, dim: int | None = None,
+                 **kw) -> dict:
+    """Spearman ρ between gold ``scores`` and cos(u_i, v_i) of the sentence vectors, raw and (when
+    ``whiten_sentences`` is given, e.g. the train split's sentences) after whitening fitted on those
+    (https://kexue.fm/archives/8069)."""
+    u, v = encode(model, tok, s1, pooling=pooling, **kw), encode(model, tok, s2, pooling=pooling, **kw)
+    out = {"raw": spearman(cosine(u, v), scores)}
+    if whiten_sentences is not None:
+        mu, W = fit_whitening(encode(model, tok, whiten_sentences, pooling=pooling, **kw), dim)
+        out["whitened"] = spearman(cosine(apply_whitening(u, mu, W), apply_whitening(v, mu, W)), scores)
+    return out
+
+
+def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT: log(1 + Σ_{(i,j): y_i > y_j} exp(λ(cos_j − cos_i))), λ = ``scale``: every pair ranked
+    more similar must have the higher cosine (https://kexue.fm/archives/8847)."""
+    diff = scale * (cos[None, :] - cos[:, None])  # [i, j] = λ(cos_j − cos_i)
+    keep = labels[:, None] > labels[None, :]
+    diff = diff.masked_fill(~keep, float("-inf")).reshape(-1)
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff]), 0)
+
+
+def cosent_finetune(model, tok, s1: list[str], s2: list[str], scores, *, epochs: int = 1,
+                    batch_size: int = 32, lr: float = 2e-5, seed: int = 0, pooling: str = "mean",
+                    max_length: int = 64, scale: float = 20.0) -> list[float]:
+    """Fine-tune the encoder of ``model`` in place with :func:`cosent_loss` on the cosine of the
+    pooled vectors (AdamW, constant ``lr``, shuffled with ``seed``); returns the per-step losses
+    (https://kexue.fm/archives/8847)."""
+    bert = _bert(model)
+    bert.train()
+    opt = torch.optim.AdamW(bert.parameters(), lr=lr)
+    y = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    dev = next(bert.parameters()).device
+    losses = []
+    for _ in range(epochs):
+        perm = rng.permutation(len(s1))
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            vecs = []
+            for side in (s1, s2):
+                enc = tok([side[i] for i in idx], truncation=True, max_length=max_length,
+                          padding=True, return_tensors="pt").to(dev)
+                o = bert(**enc)
+                vecs.append(_pool((o[0],), enc["attention_mask"], pooling))
+            cos = torch.nn.functional.cosine_similarity(vecs[0], vecs[1], dim=-1)
+            loss = cosent_loss(cos, y[idx].to(dev), scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    model.eval()
+    return losses

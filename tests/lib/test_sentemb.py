@@ -1,0 +1,106 @@
+"""Tests of kexue.sentemb: pooling vs a per-sentence loop, whitening, Spearman vs scipy,
+character overlap, CoSENT loss vs a double loop, and the fine-tune helper."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from hypothesis import given, settings, strategies as st
+
+from kexue import sentemb
+from kexue.models import bert_zh
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids oversubscription when other jobs share the 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+S1 = ["今天天气很好", "我喜欢看电影", "股市大涨了", "学校开学", "他在打球"]
+S2 = ["今天天气不错", "我不喜欢电影", "房价下跌", "学校今天开学", "打球的人"]
+Y = [4.5, 2.0, 0.5, 4.0, 2.5]
+
+
+@pytest.fixture(scope="module")
+def model_tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("v")
+    chars = sorted(set("".join(S1 + S2)))
+    bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
+    tok = bert_zh.tokenizer(d)
+    cfg = bert_zh.config(len(tok.get_vocab()), num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return bert_zh.build_model(cfg, 0).double().eval(), tok
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "first_last"])
+def test_encode_matches_per_sentence_loop(model_tok, pooling):
+    m, tok = model_tok
+    fast = sentemb.encode(m, tok, S1 + S2, pooling=pooling, batch_size=3)
+    for i, s in enumerate(S1 + S2):
+        enc = tok(s, return_tensors="pt")
+        with torch.no_grad():
+            hs = m.bert(**enc, output_hidden_states=True).hidden_states
+        ref = {"mean": hs[-1][0].mean(0), "cls": hs[-1][0, 0], "first_last": ((hs[1] + hs[-1]) / 2)[0].mean(0)}[pooling]
+        np.testing.assert_allclose(fast[i], ref.numpy(), atol=1e-10)
+
+
+def test_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 3
+    mu, W = sentemb.fit_whitening(X)
+    Z = sentemb.apply_whitening(X, mu, W)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(Z.T @ Z / len(Z), np.eye(6), atol=1e-8)
+    mu, W3 = sentemb.fit_whitening(X, dim=3)
+    Z3 = sentemb.apply_whitening(X, mu, W3)
+    np.testing.assert_allclose(Z3.T @ Z3 / len(Z3), np.eye(3), atol=1e-8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(-3, 3)), min_size=3, max_size=40))
+def test_spearman_matches_scipy_with_ties(pairs):
+    x, y = np.array(pairs, dtype=float).T
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return
+    np.testing.assert_allclose(sentemb.rankdata(x), scipy.stats.rankdata(x))
+    assert sentemb.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_char_overlap_scores():
+    d = sentemb.char_overlap(["今天天气", "abc", ""], ["天气很好", "xyz", ""], "dice")
+    # {今,天,气} vs {天,气,很,好}: 2·2/(3+4)
+    np.testing.assert_allclose(d, [4 / 7, 0, 0])
+    j = sentemb.char_overlap(["今天天气"], ["天气很好"], "jaccard")
+    np.testing.assert_allclose(j, [2 / 5])
+    with pytest.raises(ValueError):
+        sentemb.char_overlap(["a"], ["b"], "cosine")
+
+
+def test_cosent_loss_matches_double_loop():
+    rng = np.random.default_rng(0)
+    cos = torch.tensor(rng.uniform(-1, 1, 7), dtype=torch.float64)
+    y = torch.tensor([3.0, 1.0, 1.0, 4.0, 0.0, 2.0, 3.0], dtype=torch.float64)
+    terms = [20 * (cos[j] - cos[i]) for i in range(7) for j in range(7) if y[i] > y[j]]
+    ref = torch.log(1 + sum(torch.exp(t) for t in terms))
+    assert sentemb.cosent_loss(cos, y).item() == pytest.approx(ref.item(), rel=1e-12)
+    assert sentemb.cosent_loss(cos, torch.ones(7, dtype=torch.float64)).item() == 0.0
+
+
+def test_sts_spearman_and_controls(model_tok):
+    m, tok = model_tok
+    r = sentemb.sts_spearman(m, tok, S1, S2, Y, whiten_sentences=S1 + S2, dim=4)
+    assert set(r) == {"raw", "whitened"} and all(-1 <= v <= 1 for v in r.values())
+    ctrl = sentemb.random_init_like(m, seed=5)
+    assert ctrl.config.hidden_size == m.config.hidden_size
+    assert not torch.equal(ctrl.bert.embeddings.word_embeddings.weight.double(),
+                           m.bert.embeddings.word_embeddings.weight)
+
+
+def test_cosent_finetune_lowers_the_loss(model_tok):
+    m, tok = model_tok
+    m = sentemb.random_init_like(m, seed=0)
+    losses = sentemb.cosent_finetune(m, tok, S1, S2, Y, epochs=12, batch_size=5, lr=1e-3)
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * losses[0]
+    assert not m.training
