@@ -1,0 +1,429 @@
+"""Gradients of recurrent cells: the tanh step-factor bound, gradient norms through time, exact
+per-step Jacobians of LSTM / GRU cells against their gate-only part, and the adding problem.
+
+From https://kexue.fm/archives/7888 (chapter ``rnn-gradients``). For any RNN h_t = f(x_t, h_{t-1})
+the contribution of step 1 to dh_t/dθ is multiplied by ∏_{s=2}^t ∂h_s/∂h_{s-1} (eq. 1), so what
+matters is the size of the per-step Jacobian J_t = ∂h_t/∂h_{t-1}:
+
+    simple RNN   h_t = tanh(W x_t + U h_{t-1} + b)        J_t = diag(1 - h_t²) U        (eq. 2)
+    LSTM         c_t = f_t ∘ c_{t-1} + i_t ∘ ĉ_t           ∂c_t/∂c_{t-1} = diag(f_t) + three terms (eq. 4)
+    GRU          h_t = (1 - z_t) ∘ h_{t-1} + z_t ∘ ĥ_t     ∂h_t/∂h_{t-1} = diag(1 - z_t) + ...   (eq. 5)
+
+Cells follow the article's conventions (not ``torch.nn.GRU``'s, which swaps z and moves r):
+parameters are a dict ``{"W": (G·H, d), "U": (G·H, H), "b": (G·H,)}`` whose G gate blocks are, in
+order, f, i, o, ĉ (LSTM) and z, r, ĥ (GRU, SuGRU); pre-activations are ``x @ W.T + h @ U.T + b``.
+An *ensemble* of E independent cells stores every parameter with a leading E axis (``b`` as
+(E, 1, G·H)) and takes inputs of shape (E, B, d): the same code runs both.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+GATES = {"tanh": 1, "relu": 1, "irnn": 1, "lstm": 4, "gru": 3, "gru_merged": 2, "sugru": 3}
+"""Number of H-blocks in W, U, b for each cell kind."""
+KINDS = tuple(GATES)
+
+
+# -- the closed-form bound (eq. 3) ----------------------------------------------------------------
+def tanh_step_factor(c):
+    """(1 - tanh² c)·c, the simple RNN's 1-D step factor (1 - h_t²)·U times h_{t-1}, with c = U·h_{t-1}
+    and no input or bias (eq. 3; https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    return (1 - np.tanh(c) ** 2) * c
+
+
+def tanh_factor_bound(tol: float = 1e-15) -> tuple[float, float]:
+    """(c*, max_c |(1 - tanh² c)·c|): the maximiser solves 2c·tanh(c) = 1, found by Newton's method
+    in float64; the maximum is ≈ 0.4477 at |c| ≈ 0.7717, the article's "< 0.45" (eq. 3;
+    https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    c = 0.75
+    for _ in range(100):
+        t = math.tanh(c)
+        f, df = 2 * c * t - 1, 2 * t + 2 * c * (1 - t * t)
+        step = f / df
+        c -= step
+        if abs(step) < tol:
+            break
+    return c, float(tanh_step_factor(c))
+
+
+def tanh_rnn_gain(U, h: float, bias: float = 0.0, act: str = "tanh"):
+    """The 1-D step factor ∂h_t/∂h_{t-1} as a function of the recurrent weight U for a fixed h_{t-1} = h:
+    (1 - tanh²(U·h + bias))·U for tanh, and U·1[U·h + bias > 0] for ReLU (eq. 2). For tanh,
+    |factor|·|h| ≤ 0.4477 when bias = 0, so the factor is bounded in U; for ReLU it grows without
+    bound (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    U = np.asarray(U, dtype=np.float64)
+    pre = U * h + bias
+    if act == "tanh":
+        return (1 - np.tanh(pre) ** 2) * U
+    if act == "relu":
+        return U * (pre > 0)
+    raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
+
+
+# -- gradient norms through time (eq. 1, 2) -------------------------------------------------------
+def orthogonal_matrix(n: int, generator: torch.Generator | None = None,
+                      dtype=torch.float64) -> torch.Tensor:
+    """A Haar-random n×n orthogonal matrix (QR of a Gaussian with the signs of diag(R) fixed), used
+    to set U = ρ·Q with spectral radius exactly ρ (https://kexue.fm/archives/7888, chapter
+    ``rnn-gradients``)."""
+    a = torch.randn(n, n, generator=generator, dtype=dtype)
+    q, r = torch.linalg.qr(a)
+    return q * torch.sign(torch.diagonal(r))
+
+
+def log10_jacobian_norms(act: str, U: torch.Tensor, pre_inputs: torch.Tensor,
+                         h0: torch.Tensor) -> torch.Tensor:
+    """log10 ‖∂h_t/∂h_0‖₂ for t = 1..T of the simple RNN h_t = act(u_t + U h_{t-1}), where
+    u_t = ``pre_inputs[t-1]`` (= W x_t + b) and act is "tanh" or "relu". Batched: U (..., H, H),
+    pre_inputs (T, ..., H), h0 (..., H) give (T, ...).
+
+    The product P_t = J_t P_{t-1}, J_t = diag(act'(u_t + U h_{t-1})) U (eq. 2), is rescaled to unit
+    Frobenius norm every step and the logs of the scales are summed, so norms far beyond float
+    range (ReLU, ρ > 1) stay finite. A product that becomes exactly zero gives -inf
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    if act not in ("tanh", "relu"):
+        raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
+    h = h0.clone()
+    P = torch.eye(U.shape[-1], dtype=U.dtype).expand_as(U).clone()
+    log_scale = torch.zeros(U.shape[:-2], dtype=torch.float64)
+    out = []
+    for u in pre_inputs:
+        pre = u + (U @ h[..., None])[..., 0]
+        if act == "tanh":
+            h = torch.tanh(pre)
+            deriv = 1 - h * h
+        else:
+            h = torch.relu(pre)
+            deriv = (pre > 0).to(U.dtype)
+        P = (deriv[..., :, None] * U) @ P
+        s = torch.linalg.matrix_norm(P)
+        with torch.no_grad():
+            log_scale = log_scale + torch.log10(s)
+        P = P / torch.where(s > 0, s, torch.ones_like(s))[..., None, None]
+        # ‖P‖₂ = sqrt(λ_max(PᵀP)); eigvalsh is much faster than an SVD on a busy 2-core CPU
+        out.append(log_scale + 0.5 * torch.log10(torch.linalg.eigvalsh(P.mT @ P)[..., -1].clamp_min(0)))
+    return torch.stack(out)
+
+
+def gradient_norms_through_time(act: str, rho: float, *, hidden: int = 64, T: int = 200,
+                                draws: int = 4, seed: int = 0) -> np.ndarray:
+    """log10 ‖∂h_t/∂h_0‖₂, t = 1..T, of simple RNNs with U = ρ·Q (Q Haar orthogonal), W with
+    Var = 1/hidden, zero bias, N(0, 1) inputs and h_0 = 0, for ``draws`` independent draws of
+    (Q, W, inputs): an array (draws, T). The same seed gives the same Q, W and inputs for tanh
+    and ReLU and every ρ (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)])
+    W = torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
+    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64)
+    u = (W @ xs)[..., 0]
+    return log10_jacobian_norms(act, rho * Q, u, torch.zeros(draws, hidden, dtype=torch.float64)).T.numpy()
+
+
+# -- cells in the article's conventions (eqs. 2, 4, 5, 7) ------------------------------------------
+def init_cell_params(kind: str, d_in: int, hidden: int, *, scale: float = 1.0, members: int | None = None,
+                     generator: torch.Generator | None = None, dtype=torch.float32) -> dict:
+    """Parameters of a ``kind`` cell: W, U, b ~ U(-s/√H, s/√H) with s = ``scale`` (PyTorch's
+    default for its recurrent layers when s = 1). "irnn" is Le et al.'s IRNN: U = I, W ~ N(0, 0.001²)
+    (s scales W), b = 0. With ``members`` = E the arrays get a leading E axis of independent draws
+    (b as (E, 1, G·H)), an ensemble trained in one pass
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    if kind not in GATES:
+        raise ValueError(f"unknown cell {kind!r}; use one of {KINDS}")
+    G, E = GATES[kind], members or 1
+    bound = scale / math.sqrt(hidden)
+
+    def uni(*shape):
+        return (torch.rand(E, *shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+    if kind == "irnn":
+        p = {"W": torch.randn(E, hidden, d_in, generator=generator, dtype=dtype) * 1e-3 * scale,
+             "U": torch.eye(hidden, dtype=dtype).expand(E, hidden, hidden).clone(),
+             "b": torch.zeros(E, 1, hidden, dtype=dtype)}
+    else:
+        p = {"W": uni(G * hidden, d_in), "U": uni(G * hidden, hidden), "b": uni(1, G * hidden)}
+    if members is None:
+        p = {"W": p["W"][0], "U": p["U"][0], "b": p["b"][0, 0]}
+    return p
+
+
+def _pre(x, h, p):
+    return x @ p["W"].transpose(-1, -2) + h @ p["U"].transpose(-1, -2) + p["b"]
+
+
+def simple_rnn_cell(x, h, p, act: str = "tanh"):
+    """h_t = act(W x_t + U h_{t-1} + b), act ∈ {tanh, relu} (eq. 2;
+    https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    pre = _pre(x, h, p)
+    return torch.tanh(pre) if act == "tanh" else torch.relu(pre)
+
+
+def lstm_cell(x, h, c, p):
+    """f, i, o = σ(W_* x + U_* h + b_*), ĉ = tanh(W_c x + U_c h + b_c), c_t = f∘c + i∘ĉ,
+    h_t = o∘tanh(c_t). Returns (h_t, c_t, gates dict with f, i, o, chat) (eq. 4;
+    https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    f, i, o, g = _pre(x, h, p).chunk(4, dim=-1)
+    f, i, o, g = torch.sigmoid(f), torch.sigmoid(i), torch.sigmoid(o), torch.tanh(g)
+    c_new = f * c + i * g
+    return o * torch.tanh(c_new), c_new, {"f": f, "i": i, "o": o, "chat": g}
+
+
+def gru_cell(x, h, p, merged: bool = False):
+    """z, r = σ(W_* x + U_* h + b_*), ĥ = tanh(W_h x + U_h (r∘h) + b_h), h_t = (1-z)∘h + z∘ĥ
+    (the article's GRU; ``merged`` ties r = z, with parameter blocks z, ĥ). Returns (h_t, gates
+    dict with z, r, hhat) (eq. 5; https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    H = h.shape[-1]
+    W, U, b = p["W"], p["U"], p["b"]
+    G = 2 if merged else 3
+    gx = x @ W.transpose(-1, -2) + b
+    gh = h @ U[..., : (G - 1) * H, :].transpose(-1, -2)
+    z = torch.sigmoid(gx[..., :H] + gh[..., :H])
+    r = z if merged else torch.sigmoid(gx[..., H:2 * H] + gh[..., H:2 * H])
+    hhat = torch.tanh(gx[..., (G - 1) * H:] + (r * h) @ U[..., (G - 1) * H:, :].transpose(-1, -2))
+    return (1 - z) * h + z * hhat, {"z": z, "r": r, "hhat": hhat}
+
+
+def su_gru_cell(x, h, c, p):
+    """The article's proposed variant: z, r as in the GRU, ĉ = tanh(W_h x + U_h h + b_h),
+    c_t = (1-z)∘c + z∘ĉ, h_t = r∘c_t (r moved to the output; one extra state). Returns
+    (h_t, c_t, gates dict with z, r, chat) (eq. 7; https://kexue.fm/archives/7888, chapter
+    ``rnn-gradients``)."""
+    z, r, g = _pre(x, h, p).chunk(3, dim=-1)
+    z, r, g = torch.sigmoid(z), torch.sigmoid(r), torch.tanh(g)
+    c_new = (1 - z) * c + z * g
+    return r * c_new, c_new, {"z": z, "r": r, "chat": g}
+
+
+# -- exact per-step Jacobians (torch.func) ---------------------------------------------------------
+def run_cell(kind: str, xs: torch.Tensor, p: dict, hidden: int) -> dict:
+    """Run one (unbatched) cell over xs (T, d) from a zero state. Returns the states before each
+    step (``state_prev``, (T, H); c for lstm/sugru, h otherwise), the output-gate factor that maps
+    it to h_{t-1} (``out_prev``: o_{t-1} for LSTM, r_{t-1} for SuGRU, ones before step 1), and
+    the stacked gates (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    h = torch.zeros(hidden, dtype=xs.dtype)
+    c, out = torch.zeros_like(h), torch.ones_like(h)
+    prev, outs, gates = [], [], []
+    for x in xs:
+        prev.append(c if kind in ("lstm", "sugru") else h)
+        outs.append(out)
+        if kind == "lstm":
+            h, c, g = lstm_cell(x, h, c, p)
+            out = g["o"]
+        elif kind == "sugru":
+            h, c, g = su_gru_cell(x, h, c, p)
+            out = g["r"]
+        elif kind in ("gru", "gru_merged"):
+            h, g = gru_cell(x, h, p, merged=kind == "gru_merged")
+        else:
+            raise ValueError(f"run_cell handles lstm, sugru, gru, gru_merged; got {kind!r}")
+        gates.append(g)
+    return {"state_prev": torch.stack(prev), "out_prev": torch.stack(outs),
+            "gates": {k: torch.stack([g[k] for g in gates]) for k in gates[0]}}
+
+
+def _step_map(kind: str, p: dict):
+    """state_{t-1} ↦ state_t for one step, with h_{t-1} = out_{t-1}∘tanh(c_{t-1}) (LSTM) or
+    out_{t-1}∘c_{t-1} (SuGRU) so that the dependence through h_{t-1} is kept."""
+    if kind == "lstm":
+        return lambda s, x, out: lstm_cell(x, out * torch.tanh(s), s, p)[1]
+    if kind == "sugru":
+        return lambda s, x, out: su_gru_cell(x, out * s, s, p)[1]
+    return lambda s, x, out: gru_cell(x, s, p, merged=kind == "gru_merged")[0]
+
+
+def step_jacobians(kind: str, xs: torch.Tensor, p: dict, hidden: int) -> dict:
+    """Exact per-step Jacobians J_t = ∂s_t/∂s_{t-1}, shape (T, H, H), with ``torch.func.jacrev``
+    vectorised over the steps by ``torch.func.vmap``; s = c for LSTM and SuGRU (with
+    h_{t-1} = o_{t-1}∘tanh c_{t-1}, resp. r_{t-1}∘c_{t-1}, o and r held fixed), s = h for the GRUs.
+    Also returns the ``dominant`` diagonal (f_t for LSTM, 1 - z_t otherwise) and ``run_cell``'s
+    trajectory (eqs. 4, 5; https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    from torch.func import jacrev, vmap
+
+    traj = run_cell(kind, xs, p, hidden)
+    J = vmap(jacrev(_step_map(kind, p)))(traj["state_prev"], xs, traj["out_prev"])
+    g = traj["gates"]
+    dominant = g["f"] if kind == "lstm" else 1 - g["z"]
+    return {"J": J, "dominant": dominant, **traj}
+
+
+def secondary_ratio(J: torch.Tensor, dominant: torch.Tensor) -> torch.Tensor:
+    """‖J_t - diag(d_t)‖_F / ‖diag(d_t)‖_F per step: how far each Jacobian is from its gate-only
+    part (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    rest = J - torch.diag_embed(dominant)
+    return torch.linalg.matrix_norm(rest) / torch.linalg.vector_norm(dominant, dim=-1)
+
+
+def lstm_secondary_terms(gates: dict, c_prev: torch.Tensor, o_prev: torch.Tensor, p: dict) -> dict:
+    """The three non-forget terms of ∂c_t/∂c_{t-1} in vector form, with D = diag(o_{t-1}(1 - tanh² c_{t-1})):
+
+        forget:    diag(c_{t-1} f(1-f)) U_f D
+        input:     diag(ĉ i(1-i)) U_i D
+        candidate: diag(i (1-ĉ²)) U_c D
+
+    so that ∂c_t/∂c_{t-1} = diag(f) + forget + input + candidate; in 1-D these are the article's
+    three terms of eq. (4). Inputs are one step's gates (vectors) or stacked over steps
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    H = c_prev.shape[-1]
+    Uf, Ui, Uc = p["U"][:H], p["U"][H:2 * H], p["U"][3 * H:]
+    f, i, g = gates["f"], gates["i"], gates["chat"]
+    D = (o_prev * (1 - torch.tanh(c_prev) ** 2))[..., None, :]
+    return {"forget": (c_prev * f * (1 - f))[..., :, None] * Uf * D,
+            "input": (g * i * (1 - i))[..., :, None] * Ui * D,
+            "candidate": (i * (1 - g * g))[..., :, None] * Uc * D}
+
+
+def gru_jacobian_formula(gates: dict, h_prev: torch.Tensor, p: dict) -> torch.Tensor:
+    """∂h_t/∂h_{t-1} of the article's GRU written out (eq. 5, vector form):
+
+        diag(1-z) + diag((ĥ - h_{t-1}) z(1-z)) U_z + diag(z(1-ĥ²)) U_h [diag(r) + diag(h_{t-1} r(1-r)) U_r]
+
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    H = h_prev.shape[-1]
+    Uz, Ur, Uh = p["U"][:H], p["U"][H:2 * H], p["U"][2 * H:]
+    z, r, hh = gates["z"], gates["r"], gates["hhat"]
+    inner = torch.diag_embed(r) + (h_prev * r * (1 - r))[..., :, None] * Ur
+    return (torch.diag_embed(1 - z) + ((hh - h_prev) * z * (1 - z))[..., :, None] * Uz
+            + (z * (1 - hh * hh))[..., :, None] * (Uh @ inner))
+
+
+def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int = 3, seed: int = 0) -> dict:
+    """For each (kind, init scale): per-step ``secondary_ratio`` and ‖J_t‖₂ over ``draws`` cells
+    with N(0, 1) inputs of width ``hidden``, float64. Returns {(kind, scale): {"ratio": (draws, T),
+    "norm": (draws, T), "dominant_mean": float}}; every kind sees the same inputs
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    out = {}
+    for kind in kinds:
+        for s in scales:
+            gen = torch.Generator().manual_seed(seed)
+            ratio, norm, dom = [], [], []
+            for _ in range(draws):
+                xs = torch.randn(T, hidden, generator=gen, dtype=torch.float64)
+                p = init_cell_params(kind, hidden, hidden, scale=s, generator=gen, dtype=torch.float64)
+                r = step_jacobians(kind, xs, p, hidden)
+                ratio.append(secondary_ratio(r["J"], r["dominant"]).numpy())
+                norm.append(torch.linalg.eigvalsh(r["J"].mT @ r["J"])[..., -1].sqrt().numpy())
+                dom.append(r["dominant"].mean().item())
+            out[(kind, s)] = {"ratio": np.array(ratio), "norm": np.array(norm), "dominant_mean": float(np.mean(dom))}
+    return out
+
+
+# -- the adding problem and training (exp. D) ------------------------------------------------------
+def adding_problem(batch: int, T: int, generator: torch.Generator | None = None, dtype=torch.float32):
+    """Hochreiter & Schmidhuber's adding problem: x (batch, T, 2) with channel 0 ~ U(0, 1) and
+    channel 1 a marker equal to 1 at one position in the first half and one in the second half
+    (T ≥ 2), else 0; target y = sum of the two marked values. Predicting the constant E[y] = 1 gives
+    MSE Var(y) = 2·(1/12) = 1/6 (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    if T < 2:
+        raise ValueError("the adding problem needs T >= 2")
+    values = torch.rand(batch, T, generator=generator, dtype=dtype)
+    half = T // 2
+    first = torch.randint(0, half, (batch,), generator=generator)
+    second = torch.randint(half, T, (batch,), generator=generator)
+    marks = torch.zeros(batch, T, dtype=dtype)
+    rows = torch.arange(batch)
+    marks[rows, first] = 1
+    marks[rows, second] = 1
+    return torch.stack([values, marks], dim=-1), (values * marks).sum(dim=1)
+
+
+TRIVIAL_ADDING_MSE = 1 / 6
+"""MSE of the best constant predictor (1) on the adding problem: Var(u1 + u2) = 2/12."""
+
+
+class RecurrentEnsemble(nn.Module):
+    """E independent ``kind`` cells of width H (hidden 128 by default) with linear read-outs of the
+    last hidden state, trained together: input (E, B, T, d) → prediction (E, B). Each member has
+    its own initial draw (``init_cell_params`` with ``members`` = E; read-out ~ U(±1/√H), bias 0)
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+
+    def __init__(self, kind: str, d_in: int, hidden: int, members: int, *, scale: float = 1.0,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.kind, self.hidden = kind, hidden
+        p = init_cell_params(kind, d_in, hidden, scale=scale, members=members, generator=generator)
+        self.cell = nn.ParameterDict({k: nn.Parameter(v) for k, v in p.items()})
+        bound = 1 / math.sqrt(hidden)
+        self.readout = nn.Parameter((torch.rand(members, hidden, 1, generator=generator) * 2 - 1) * bound)
+        self.readout_bias = nn.Parameter(torch.zeros(members, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        E, B, T, _ = x.shape
+        p = dict(self.cell)
+        h = x.new_zeros(E, B, self.hidden)
+        c = torch.zeros_like(h)
+        for t in range(T):
+            xt = x[:, :, t]
+            if self.kind == "lstm":
+                h, c, _ = lstm_cell(xt, h, c, p)
+            elif self.kind == "sugru":
+                h, c, _ = su_gru_cell(xt, h, c, p)
+            elif self.kind in ("gru", "gru_merged"):
+                h, _ = gru_cell(xt, h, p, merged=self.kind == "gru_merged")
+            else:
+                h = simple_rnn_cell(xt, h, p, "tanh" if self.kind == "tanh" else "relu")
+        return (h @ self.readout + self.readout_bias).squeeze(-1)
+
+
+def clip_grad_norm_per_member(params, max_norm: float) -> torch.Tensor:
+    """Rescale each ensemble member's gradient (slice e of every parameter) to global norm ≤ max_norm,
+    like ``torch.nn.utils.clip_grad_norm_`` applied to each member alone. Returns the norms before
+    clipping, shape (E,) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    grads = [q.grad for q in params if q.grad is not None]
+    norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads))
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(-1, *([1] * (g.dim() - 1))))
+    return norms
+
+
+def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, steps: int = 1000,
+                 batch: int = 64, lr: float = 1e-3, clip: float | None = None, eval_every: int = 50,
+                 eval_batch: int = 1000, seed: int = 0) -> dict:
+    """Train E = ``members`` seeds of a ``kind`` cell on the adding problem of length T with Adam
+    (MSE loss, fresh data each step, per-member gradient clipping when ``clip`` is set). Every
+    ``eval_every`` steps the MSE on a fixed held-out set (its own generator, never trained on) is
+    recorded. Returns {"steps", "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds",
+    "diverged" (E,)}; a member whose loss turns non-finite is marked diverged and its later losses
+    are NaN (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    import time
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen)
+    x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed))
+    x_ev, y_ev = x_ev.view(members, eval_batch, T, 2), y_ev.view(members, eval_batch)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rec_steps, ev, tr = [], [], []
+    diverged = torch.zeros(members, dtype=torch.bool)
+
+    def evaluate(step):
+        with torch.no_grad():
+            m = (model(x_ev) - y_ev).pow(2).mean(dim=1)
+        m[diverged] = float("nan")
+        rec_steps.append(step)
+        ev.append(m.numpy().copy())
+
+    t0 = time.perf_counter()
+    evaluate(0)
+    for step in range(1, steps + 1):
+        x, y = adding_problem(members * batch, T, gen)
+        per = (model(x.view(members, batch, T, 2)) - y.view(members, batch)).pow(2).mean(dim=1)
+        bad = ~torch.isfinite(per)
+        diverged |= bad
+        loss = torch.where(diverged, torch.zeros_like(per), per).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            clip_grad_norm_per_member(list(model.parameters()), clip)
+        for q in model.parameters():  # a diverged member stops moving; the others are unaffected
+            q.grad[diverged] = 0
+            q.grad.nan_to_num_(0.0)
+        opt.step()
+        tr.append(torch.where(diverged, torch.full_like(per, float("nan")), per).detach().numpy())
+        if step % eval_every == 0 or step == steps:
+            evaluate(step)
+    return {"steps": np.array(rec_steps), "eval_mse": np.array(ev), "train_mse": np.array(tr),
+            "seconds": time.perf_counter() - t0, "diverged": diverged.numpy()}
