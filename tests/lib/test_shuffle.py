@@ -1,0 +1,614 @@
+"""Tests of kexue.shuffle, the external-memory shuffle of https://kexue.fm/archives/8662."""
+import glob
+import hashlib
+import itertools
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats as sstats
+
+import kexue.shuffle as ks
+from kexue.shuffle import ShuffleError, shuffle_files
+
+CLI = [sys.executable, "-m", "kexue.shuffle"]
+SLOW = bool(os.environ.get("KEXUE_SLOW_TESTS"))  # 1: the statistical tests use 2-5x more runs
+
+
+def expected_lines(*contents: bytes) -> list[bytes]:
+    """Slow reference: the lines of each file, a missing final newline added (CRLF-aware)."""
+    out = []
+    for data in contents:
+        if not data:
+            continue
+        parts = data.split(b"\n")
+        last = parts.pop()
+        out += parts
+        if last:
+            out.append(last + (b"\r" if parts and parts[-1].endswith(b"\r") else b""))
+    return out
+
+
+def out_lines(path) -> list[bytes]:
+    data = Path(path).read_bytes()
+    assert data == b"" or data.endswith(b"\n")
+    return data.split(b"\n")[:-1]
+
+
+def write(tmp_path, name, data: bytes) -> str:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def leftovers(d) -> list:
+    return glob.glob(os.path.join(d, "kexue-shuffle-*")) + glob.glob(os.path.join(d, ".*kexue-shuffle*"))
+
+
+@pytest.fixture
+def fast_dir(tmp_path):
+    """A RAM-backed directory where one exists: the statistical tests shuffle thousands of tiny files,
+    and on a disk mounted with ``discard`` each rename and rmdir costs milliseconds."""
+    import shutil
+    import tempfile
+    if not os.access("/dev/shm", os.W_OK):
+        yield tmp_path
+        return
+    d = tempfile.mkdtemp(prefix="kexue-test-", dir="/dev/shm")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tiny_budget(monkeypatch):
+    """Make every line cost 1000 bytes, so a few short lines overflow a 4 KiB budget: the scatter,
+    the re-split of an overfull bucket and the chunk merges all run on inputs small enough to
+    enumerate."""
+    monkeypatch.setattr(ks, "LINE_OVERHEAD", 1000)
+    return 4096
+
+
+# -- sizes, fingerprints, reader ------------------------------------------------------------------
+def test_parse_size():
+    assert ks.parse_size("512M") == 512 << 20
+    assert ks.parse_size("1.5g") == 3 << 29
+    assert ks.parse_size("64KiB") == 64 << 10
+    assert ks.parse_size(1234) == 1234
+    with pytest.raises(ShuffleError):
+        ks.parse_size("lots")
+
+
+def test_fingerprint_matches_reference(tmp_path):
+    lines = [b"a", b"", b"a", b"\xff\xfe", b"x" * 50]
+    p = write(tmp_path, "f", b"\n".join(lines) + b"\n")
+    fp = ks.multiset_fingerprint(p)
+    hs = [hash(x) & ks._MASK64 for x in lines]
+    xor = 0
+    for h in hs:
+        xor ^= h
+    assert (fp.n_lines, fp.n_bytes, fp.hsum, fp.hxor) == (5, os.path.getsize(p), sum(hs) & ks._MASK64, xor)
+    q = write(tmp_path, "g", b"\n".join(reversed(lines)) + b"\n")
+    assert ks.multiset_fingerprint(q).same_multiset(fp)
+    r = write(tmp_path, "h", b"\n".join(lines[:-1] + [b"x" * 49 + b"y"]) + b"\n")  # same length, one byte
+    assert not ks.multiset_fingerprint(r).same_multiset(fp)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300), piece=st.integers(1, 40), huge=st.integers(40, 80))
+def test_line_reader_matches_split(data, piece, huge):
+    """Pieces as small as one byte, lines longer than the in-memory limit: same lines as split()."""
+    sinks = []
+
+    class Sink:
+        def __init__(self):
+            self.buf = b""
+            sinks.append(self)
+
+        def write(self, b):
+            self.buf += b
+
+        def close(self):
+            return self.buf
+
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        reader = ks._LineReader([f.name], piece, huge, Sink)
+        got = []
+        for lines, hug in reader:
+            got += lines + hug
+            assert all(len(x) <= huge for x in lines) and all(len(x) > huge for x in hug)
+    assert sorted(got) == sorted(expected_lines(data))
+    assert reader.added_lines == (1 if data and not data.endswith(b"\n") else 0)
+
+
+# -- correctness on edge cases --------------------------------------------------------------------
+EDGE_FILES = {
+    "empty": b"",
+    "one_line_no_newline": b"only",
+    "only_newlines": b"\n\n\n",
+    "crlf": b"a\r\nb\r\nc\r\n",
+    "crlf_no_final": b"a\r\nb\r\nc",
+    "lf_no_final": b"a\nb\nc",
+    "non_utf8_nul": b"\xff\xfe\x00\n\x80abc\n\x00\n\xc3\x28\n",
+    "lone_cr": b"a\rb\nc\r\n\r\n",
+    "duplicates": b"x\nx\nx\ny\n",
+}
+
+
+@pytest.mark.parametrize("mode", ks.MODES)
+@pytest.mark.parametrize("name", sorted(EDGE_FILES))
+def test_edge_files(tmp_path, name, mode, tiny_budget):
+    data = EDGE_FILES[name]
+    src = write(tmp_path, "in.txt", data)
+    out = tmp_path / "out.txt"
+    st_ = shuffle_files(src, out, mem=tiny_budget, seed=1, mode=mode, verify=True)
+    assert sorted(out_lines(out)) == sorted(expected_lines(data))
+    assert Path(src).read_bytes() == data
+    assert st_.verified and st_.n_lines == len(expected_lines(data))
+    assert leftovers(tmp_path) == []
+
+
+def test_crlf_missing_final_newline_gets_crlf(tmp_path):
+    src = write(tmp_path, "in", b"a\r\nb")
+    shuffle_files(src, tmp_path / "o", seed=0)
+    assert sorted((tmp_path / "o").read_bytes().split(b"\r\n")) == [b"", b"a", b"b"]
+
+
+def test_several_inputs_never_merge_lines(tmp_path, tiny_budget):
+    datas = [b"a\nb", b"", b"c", b"d\r\ne", b"\n"]
+    srcs = [write(tmp_path, f"in{i}", d) for i, d in enumerate(datas)]
+    for mode in ks.MODES:
+        st_ = shuffle_files(srcs, tmp_path / "o", mem=tiny_budget, seed=2, mode=mode)
+        assert sorted(out_lines(tmp_path / "o")) == sorted(expected_lines(*datas))
+        assert st_.added_newlines == 3
+
+
+@pytest.mark.parametrize("mode", ["fair", "merge"])
+def test_big_input_all_modes_with_verify(tmp_path, mode):
+    src = tmp_path / "in"
+    ks.make_test_file(src, 20_000, seed=1)
+    st_ = shuffle_files(src, tmp_path / "o", mem="256K", seed=3, mode=mode, verify=True)
+    assert st_.verified and st_.n_lines == 20_000
+    assert (st_.n_buckets if mode == "fair" else st_.n_chunks) > 5
+    got = out_lines(tmp_path / "o")
+    assert sorted(got) == sorted(expected_lines(src.read_bytes()))
+    assert got != expected_lines(src.read_bytes())
+
+
+def test_line_longer_than_budget(tmp_path):
+    long1, long2 = b"L" * 50_000, b"M" * 30_000 + b"\r"
+    data = b"a\n" + long1 + b"\nb\r\n" + b"c\n" * 100 + long2 + b"\nz\r\n" + b"N" * 40_000
+    src = write(tmp_path, "in", data)
+    st_ = shuffle_files(src, tmp_path / "o", mem="16K", seed=0, verify=True)
+    assert sorted(out_lines(tmp_path / "o")) == sorted(expected_lines(data))
+    assert st_.n_huge_lines == 3 and st_.verified
+    assert b"N" * 40_000 + b"\r" in out_lines(tmp_path / "o")  # final line: CRLF like the line before
+    for mode in ("merge", "rounds"):
+        with pytest.raises(ShuffleError, match="longer than"):
+            shuffle_files(src, tmp_path / "o2", mem="16K", seed=0, mode=mode)
+    assert not (tmp_path / "o2").exists() and leftovers(tmp_path) == []
+
+
+def test_long_lines_are_uniformly_placed(fast_dir):
+    """Streamed lines take part in the permutation like any other (position of one long line)."""
+    data = b"".join(b"%d\n" % i for i in range(9)) + b"H" * 3000 + b"\n"
+    src = write(fast_dir, "in", data)
+    pos = Counter()
+    for seed in range(900 if SLOW else 300):
+        shuffle_files(src, fast_dir / "o", mem=MIN_FOR_HUGE, seed=seed)
+        pos[out_lines(fast_dir / "o").index(b"H" * 3000)] += 1
+    assert sstats.chisquare([pos[i] for i in range(10)]).pvalue > 1e-3
+
+
+MIN_FOR_HUGE = 8192  # huge-line limit 1 KiB
+
+
+def test_split_lines(tmp_path, tiny_budget):
+    src = write(tmp_path, "in", b"".join(b"%d\n" % i for i in range(23)))
+    st_ = shuffle_files(src, tmp_path / "part", mem=tiny_budget, seed=0, split_lines=5)
+    names = [tmp_path / f"part.{i:05d}" for i in range(5)]
+    assert [os.fspath(n) for n in names] == st_.outputs
+    sizes = [len(out_lines(n)) for n in names]
+    assert sizes == [5, 5, 5, 5, 3]
+    allout = [x for n in names for x in out_lines(n)]
+    assert sorted(allout) == sorted(b"%d" % i for i in range(23))
+    st2 = shuffle_files(src, tmp_path / "p-{:03d}.txt", seed=0, split_lines=10)
+    assert [Path(p).name for p in st2.outputs] == ["p-000.txt", "p-001.txt", "p-002.txt"]
+    assert leftovers(tmp_path) == []
+
+
+def test_seed_reproducible(tmp_path):
+    src = write(tmp_path, "in", b"".join(b"%d\n" % i for i in range(200)))
+    outs = []
+    for seed in (5, 5, 6):
+        shuffle_files(src, tmp_path / "o", seed=seed, mem="4K")
+        outs.append((tmp_path / "o").read_bytes())
+    assert outs[0] == outs[1] != outs[2]
+
+
+# -- refusals with clear messages -----------------------------------------------------------------
+def test_refusals(tmp_path):
+    src = write(tmp_path, "in", b"a\nb\n")
+    with pytest.raises(ShuffleError, match="also an input"):
+        shuffle_files(src, src)
+    assert Path(src).read_bytes() == b"a\nb\n"
+    with pytest.raises(ShuffleError, match="does not exist"):
+        shuffle_files(tmp_path / "nope", tmp_path / "o")
+    with pytest.raises(ShuffleError, match="is a directory"):
+        shuffle_files(tmp_path, tmp_path / "o")
+    with pytest.raises(ShuffleError, match="is a directory: give a file name"):
+        shuffle_files(src, tmp_path)
+    with pytest.raises(ShuffleError, match="output directory"):
+        shuffle_files(src, tmp_path / "no" / "o")
+    with pytest.raises(ShuffleError, match="unknown mode"):
+        shuffle_files(src, tmp_path / "o", mode="sort")
+    with pytest.raises(ShuffleError, match="at least"):
+        shuffle_files(src, tmp_path / "o", mem=100)
+    with pytest.raises(ShuffleError, match="only apply"):
+        shuffle_files(src, tmp_path / "o", chunk_lines=3)
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
+def test_not_enough_disk_detected_before_work(tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    ks.make_test_file(src, 2000)
+    real = ks.shutil.disk_usage
+    monkeypatch.setattr(ks.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=os.path.getsize(src) // 2))
+    with pytest.raises(ShuffleError, match="not enough free disk space"):
+        shuffle_files(src, tmp_path / "o", mem="64K")
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
+def test_verify_catches_a_changed_line(tmp_path, monkeypatch):
+    """Flip one byte of one line (same length): only the hash part of the fingerprint can see it."""
+    src = write(tmp_path, "in", b"".join(b"line %03d\n" % i for i in range(300)))
+    real = ks._emit_shuffled
+
+    def corrupt(writer, lines, huge, rng):
+        if lines:
+            lines[0] = lines[0][:-1] + b"#"
+        return real(writer, lines, huge, rng)
+
+    monkeypatch.setattr(ks, "_emit_shuffled", corrupt)
+    with pytest.raises(ShuffleError, match="verification failed"):
+        shuffle_files(src, tmp_path / "o", mem="4K", verify=True, seed=0)
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
+# -- uniformity -----------------------------------------------------------------------------------
+def perm_counts(tmp_path, n, runs, **kw):
+    src = write(tmp_path, "in", b"".join(b"%d\n" % i for i in range(n)))
+    counts = Counter()
+    for seed in range(runs):
+        shuffle_files(src, tmp_path / "o", seed=seed, **kw)
+        counts[tuple(int(x) for x in out_lines(tmp_path / "o"))] += 1
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["fair", "merge", "merge-big-urn"])
+def test_exactly_uniform_over_all_permutations(fast_dir, tiny_budget, monkeypatch, mode):
+    """All 24 orders of 4 lines appear equally often (chi-square), with the budget small enough
+    that the input is scattered into buckets (fair, some split again) or cut into chunks (merge;
+    also with the subset sampler used past numpy's 10^9-line hypergeometric limit)."""
+    mode_id = mode
+    if mode == "merge-big-urn":
+        monkeypatch.setattr(ks, "_MVHG_LIMIT", 0)
+        mode = "merge"
+    n, runs = 4, (2400 if SLOW else {"fair": 1200, "merge": 720}[mode] if "big" not in mode_id else 480)
+    counts = perm_counts(fast_dir, n, runs, mem=tiny_budget, mode=mode)
+    st_ = shuffle_files(fast_dir / "in", fast_dir / "o", seed=0, mem=tiny_budget, mode=mode)
+    assert (st_.n_buckets if mode == "fair" else st_.n_chunks) >= 2
+    obs = [counts[p] for p in itertools.permutations(range(n))]
+    assert sum(obs) == runs
+    assert sstats.chisquare(obs).pvalue > 1e-3
+
+
+def test_urn_counts_big_total_matches_hypergeometric():
+    rng = np.random.default_rng(0)
+    rem = np.array([3, 5, 2])
+    draws = np.array([ks._urn_counts(rng, rem, 4) for _ in range(4000)])
+    assert (draws.sum(1) == 4).all() and (draws <= rem).all()
+    exact = rng.multivariate_hypergeometric(rem, 4, size=4000)
+    for c in range(3):  # same marginal law as numpy's sampler (two-sample chi-square on counts)
+        table = [np.bincount(draws[:, c], minlength=5), np.bincount(exact[:, c], minlength=5)]
+        table = np.array(table)[:, np.array(table).sum(0) > 0]
+        assert sstats.chi2_contingency(table).pvalue > 1e-3
+    big = np.array([3 * 10**9, 10**9, 5])
+    got = ks._urn_counts(rng, big, 10_000)
+    assert got.sum() == 10_000 and abs(got[0] / 10_000 - 0.75) < 0.03
+
+
+def rounds_exact_distribution(chunk_sizes):
+    """Exact law of the article's round-robin merge on lines 0..N-1 cut into consecutive chunks,
+    by enumerating every chunk shuffle and every per-round visiting order (slow reference)."""
+    starts = np.cumsum([0] + chunk_sizes[:-1])
+    chunks = [list(range(s, s + m)) for s, m in zip(starts, chunk_sizes)]
+    alive_per_round = [[c for c, m in enumerate(chunk_sizes) if m > r] for r in range(max(chunk_sizes))]
+    law = Counter()
+    for shuffled in itertools.product(*[itertools.permutations(c) for c in chunks]):
+        for orders in itertools.product(*[itertools.permutations(a) for a in alive_per_round]):
+            out = tuple(shuffled[c][r] for r, order in enumerate(orders) for c in order)
+            law[out] += 1
+    total = sum(law.values())
+    return {k: v / total for k, v in law.items()}
+
+
+def test_rounds_reproduces_the_article_and_is_biased(fast_dir):
+    """chunk_lines=2 on 5 lines: chunks of 2, 2, 1. Our rounds mode matches the exact law of the
+    article's scheme; that law is far from uniform (some orders impossible)."""
+    law = rounds_exact_distribution([2, 2, 1])
+    assert len(law) < math.factorial(5)  # e.g. lines 0 and 1 never both come first
+    runs = 3000 if SLOW else 1200
+    counts = perm_counts(fast_dir, 5, runs, mode="rounds", chunk_lines=2)
+    assert set(counts) <= set(law)
+    keys = sorted(law)
+    assert sstats.chisquare([counts[k] for k in keys], [law[k] * runs for k in keys]).pvalue > 1e-3
+
+
+def test_short_tail_chunk_bias(tmp_path):
+    """The brief's pilot: 10,500 lines in chunks of 1000; the last 500 lines' mean relative output
+    position is ~0.26 under rounds, ~0.5 under fair, merge and rounds with the rejection fix."""
+    n = 10_500
+    src = write(tmp_path, "in", b"".join(b"%d\n" % i for i in range(n)))
+    means = {}
+    for name, kw in {"rounds": dict(mode="rounds", chunk_lines=1000),
+                     "reject": dict(mode="rounds", chunk_lines=1000, reject_fix=True),
+                     "fair": dict(mode="fair", mem="64K"), "merge": dict(mode="merge", mem="64K")}.items():
+        shuffle_files(src, tmp_path / "o", seed=0, **kw)
+        pos = np.array([int(x) for x in out_lines(tmp_path / "o")])
+        where = np.empty(n)
+        where[pos] = np.arange(n) / (n - 1)
+        means[name] = where[10_000:].mean()
+    assert means["rounds"] < 0.3
+    for name in ("fair", "merge", "reject"):
+        assert abs(means[name] - 0.5) < 0.05, means  # sd of a mean of 500 uniforms ~0.013
+
+
+# -- hypothesis: always a permutation -------------------------------------------------------------
+line_st = st.binary(max_size=12).filter(lambda b: b"\n" not in b)
+file_st = st.tuples(st.lists(line_st, max_size=25), st.booleans()).map(
+    lambda t: b"\n".join(t[0]) + (b"\n" if t[1] and t[0] else b""))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(file_st, min_size=1, max_size=3), mem=st.integers(4096, 40_000),
+       overhead=st.sampled_from([80, 400, 2000]), seed=st.integers(0, 2**32 - 1),
+       mode=st.sampled_from(ks.MODES), split=st.one_of(st.none(), st.integers(1, 7)))
+def test_property_output_is_a_permutation(tmp_path, monkeypatch, files, mem, overhead, seed, mode, split):
+    monkeypatch.setattr(ks, "LINE_OVERHEAD", overhead)
+    srcs = [write(tmp_path, f"in{i}", d) for i, d in enumerate(files)]
+    out = tmp_path / "out"
+    st_ = shuffle_files(srcs, out, mem=mem, seed=seed, mode=mode, split_lines=split, verify=True)
+    got = [x for p in st_.outputs for x in out_lines(p)]
+    assert sorted(got) == sorted(expected_lines(*files))
+    assert [Path(s).read_bytes() for s in srcs] == files
+    assert leftovers(tmp_path) == []
+    for p in st_.outputs:
+        os.unlink(p)
+
+
+# -- the command line, memory, open files, signals -----------------------------------------------
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    """~68 MB of test lines: 8x an 8 MiB budget."""
+    d = tmp_path_factory.mktemp("big")
+    path = d / "big.txt"
+    size = ks.make_test_file(path, 415_000, seed=7)
+    assert size >= 8 * (8 << 20)
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return path, digest
+
+
+def test_cli_small(tmp_path):
+    src = write(tmp_path, "in", b"b\na\nc")
+    r = subprocess.run(CLI + [src, "-o", str(tmp_path / "o"), "--seed", "1", "--verify"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "3 lines" in r.stderr and "verified" in r.stderr and "peak RSS" in r.stderr
+    assert "\r" not in r.stderr  # no progress bar when stderr is not a terminal
+    assert sorted(out_lines(tmp_path / "o")) == [b"a", b"b", b"c"]
+    r = subprocess.run(CLI + [src, "-o", str(tmp_path / "o"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == ""
+    r = subprocess.run(CLI + [str(tmp_path / "missing"), "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_memory_budget_held_on_8x_input(tmp_path, big_file):
+    """Peak RSS (wait4 of the child) <= 1.5 x budget + 64 MB with the input >= 8x the budget."""
+    path, digest = big_file
+    budget = 8 << 20
+    assert os.path.getsize(path) >= 8 * budget
+    for mode in ("fair", "merge"):
+        rc, secs, rss = ks.run_measured(CLI + [str(path), "-o", str(tmp_path / "o"), "--mem", "8M",
+                                               "--mode", mode, "-q", "--seed", "0"])
+        assert rc == 0
+        assert rss <= 1.5 * budget + (64 << 20), (mode, rss / 2**20)
+        assert os.path.getsize(tmp_path / "o") == os.path.getsize(path) + 1  # final newline added
+    assert hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() == digest
+
+
+def test_more_temp_files_than_open_file_limit(tmp_path):
+    import resource
+    src = tmp_path / "in"
+    ks.make_test_file(src, 12_000, seed=2)
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    for mode in ("fair", "merge", "rounds"):
+        out = tmp_path / f"o-{mode}"
+        r = subprocess.run(CLI + [str(src), "-o", str(out), "--mem", "96K", "--mode", mode, "--verify"],
+                           capture_output=True, text=True, preexec_fn=low_limit)
+        assert r.returncode == 0, r.stderr
+        n_tmp = int(r.stderr.split(" buckets")[0].split()[-1] if mode == "fair"
+                    else r.stderr.split(" chunks")[0].split()[-1])
+        assert n_tmp > 24, r.stderr
+        assert "verified" in r.stderr
+
+
+def wait_for(cond, timeout=20.0):
+    t = time.time()
+    while time.time() - t < timeout:
+        if cond():
+            return True
+        time.sleep(0.003)
+    return False
+
+
+def workdir_files(d):
+    return [f for w in glob.glob(os.path.join(d, "kexue-shuffle-*")) for f in os.listdir(w)]
+
+
+@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "pass2"), (signal.SIGTERM, "pass1"),
+                                      (signal.SIGKILL, "pass2")])
+def test_killed_run(tmp_path, big_file, sig, when):
+    """Interrupted mid-work: input intact, no output; SIGINT/SIGTERM leave no temporary file.
+    After SIGKILL the debris is confined to one kexue-shuffle-<pid>-* directory under --tmpdir."""
+    path, digest = big_file
+    out = tmp_path / "o"
+    # a small budget and --verify (a third pass over the unfinished output) widen the window
+    # SIGINT back to its default: a test run in the background inherits it ignored, and so would we
+    p = subprocess.Popen(CLI + [str(path), "-o", str(out), "--mem", "2M", "--verify", "-q"],
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if when == "pass1":
+        ok = wait_for(lambda: any(f.startswith("bucket") for f in workdir_files(tmp_path)))
+    else:
+        ok = wait_for(lambda: any(os.path.getsize(f) > 0 for f in glob.glob(str(tmp_path / "kexue-shuffle-*/.o.*"))))
+    assert ok and p.poll() is None, "the run ended before it could be interrupted"
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == (-9 if sig == signal.SIGKILL else 128 + sig)
+    assert not out.exists()
+    assert hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest() == digest
+    if sig == signal.SIGKILL:
+        dirs = glob.glob(str(tmp_path / "kexue-shuffle-*"))
+        assert len(dirs) == 1 and os.listdir(tmp_path) == [os.path.basename(dirs[0])]
+    else:
+        assert "interrupted" in err and "Traceback" not in err
+        assert os.listdir(tmp_path) == []
+
+
+def test_make_test_file(tmp_path):
+    p = tmp_path / "t"
+    size = ks.make_test_file(p, 1000, seed=0, final_newline=False)
+    data = p.read_bytes()
+    assert len(data) == size and not data.endswith(b"\n")
+    lines = data.split(b"\n")
+    assert len(lines) == 1000
+    numbered = [x for x in lines if not x.startswith(b"duplicate")]
+    assert [int(x[:10]) for x in numbered] == [i for i in range(1000) if i % 100 != 99]
+    assert all(20 <= len(x) + 1 <= 2000 for x in numbered)
+    assert lines.count(b"duplicate line") == 10
+
+
+def test_error_mid_run_removes_temporary_files(tmp_path, monkeypatch):
+    """A write failing in the I/O thread (here: a simulated full disk) stops the run cleanly."""
+    import errno
+    src = tmp_path / "in"
+    ks.make_test_file(src, 20_000, seed=3)
+    before = src.read_bytes()
+    real, calls = ks._append_files, []
+
+    def failing(paths, bufs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(paths, bufs)
+
+    monkeypatch.setattr(ks, "_append_files", failing)
+    for mode in ("fair", "merge"):
+        calls.clear()
+        with pytest.raises(OSError, match="No space"):
+            shuffle_files(src, tmp_path / "o", mem="128K", mode=mode, seed=0)
+        assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+    assert src.read_bytes() == before
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    import pty
+    src = tmp_path / "in"
+    ks.make_test_file(src, 20_000, seed=4)
+    master, slave = pty.openpty()
+    p = subprocess.Popen(CLI + [str(src), "-o", str(tmp_path / "o"), "--mem", "128K"], stderr=slave,
+                         stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO once the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait() == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "B/s" in text and "shuffled 20,000 lines" in text and "MB/s" in text
+
+
+def test_run_measured_reports_the_child_peak(tmp_path):
+    rc, secs, rss = ks.run_measured([sys.executable, "-c", "x = b'x' * (100 << 20)"])
+    assert rc == 0 and secs > 0
+    assert 100 << 20 <= rss <= 200 << 20
+    rc, _, rss = ks.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert rc == 3 and rss < 50 << 20
+
+
+def test_disk_bandwidth(tmp_path):
+    bw = ks.disk_bandwidth(tmp_path, "16M")
+    assert bw["write_MBps"] > 0 and bw["read_MBps"] > 0 and bw["bytes"] == 16 << 20
+    assert os.listdir(tmp_path) == []
+
+
+# -- the chapter's measuring helpers --------------------------------------------------------------
+def test_position_chisquare_matches_reference():
+    rng = np.random.default_rng(0)
+    pos = rng.random((60, 7))
+    pos[:, 3] = 0.05  # one line always first: p ~ 0
+    got = ks.position_chisquare(pos, bins=5)
+    for i in range(7):  # slow reference: count by hand, scipy's chisquare
+        counts = [sum(1 for x in pos[:, i] if j / 5 <= x < (j + 1) / 5 or (j == 4 and x == 1.0)) for j in range(5)]
+        assert got[i] == pytest.approx(sstats.chisquare(counts).pvalue)
+    assert got[3] < 1e-20
+
+
+def test_output_positions_and_order_frequencies(tmp_path):
+    pos = ks.output_positions(50, range(4), tmp_path, mode="fair", mem="4K")
+    assert pos.shape == (4, 50)
+    for row in pos:
+        assert np.allclose(np.sort(row), np.arange(50) / 49)
+    assert not np.allclose(pos[0], np.arange(50) / 49)  # shuffled
+    counts = ks.order_frequencies([b"a", b"b", b"c"], range(30), tmp_path, mode="rounds", chunk_lines=2)
+    assert counts.sum() == 30 and len(counts) == 6
+    # chunks {a,b} and {c}: round 1 takes one of a/b and c, so neither a-b nor b-a can lead the output
+    orders = list(itertools.permutations(range(3)))
+    assert all(counts[orders.index(o)] == 0 for o in [(0, 1, 2), (1, 0, 2)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_compare_tools_and_profile(tmp_path):
+    src = tmp_path / "in"
+    ks.make_test_file(src, 3000, seed=5)
+    runs = ks.compare_tools(src, tmp_path, "64K", ["fair", "shuf", "sort"], cold=True)
+    assert set(runs) == {"fair", "shuf", "sort"}
+    for r in runs.values():
+        assert r["correct"] and r["seconds"] > 0 and r["peak_rss"] > 0
+        assert r["MBps"] == pytest.approx(os.path.getsize(src) / 1e6 / r["seconds"])
+    text, st = ks.profile_shuffle(src, tmp_path / "o", "64K", top=5, seed=0)
+    assert "ncalls" in text and "shuffle.py" in text and os.sep + "kexue" + os.sep not in text
+    assert st.n_lines == 3000 and st.n_buckets > 1
+    assert sorted(os.listdir(tmp_path)) == ["in", "o"]
