@@ -12,6 +12,10 @@ import warnings
 
 __version__ = "0.1.0"
 
+# tqdm.auto (imported by transformers) warns once per kernel when ipywidgets is absent; the warning
+# shows a machine path and says nothing about the chapter. The book's progress bars are text.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 SCALES = ("smoke", "full", "large")
 """smoke: CI, seconds; full: the numbers the book shows (2-core CPU, <= 15 min); large: optional, GPU."""
 
