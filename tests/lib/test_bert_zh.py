@@ -7,13 +7,7 @@ import torch
 
 from kexue.models import bert_zh
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DOCS = [["这是一则新闻。", "今天天气很好！"], ["新闻说今天是好天气。", "ABC 2008年"],

@@ -10,13 +10,7 @@ from kexue import pretrain
 from kexue.models import bert_zh
 from kexue.pretrain import PretrainConfig, TokenisedCorpus
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N_SPECIAL = len(bert_zh.SPECIAL_TOKENS)

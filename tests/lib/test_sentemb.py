@@ -9,13 +9,7 @@ from hypothesis import given, settings, strategies as st
 from kexue import sentemb
 from kexue.models import bert_zh
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 S1 = ["今天天气很好", "我喜欢看电影", "股市大涨了", "学校开学", "他在打球"]

@@ -6,13 +6,7 @@ import torch
 from kexue import zeroshot
 from kexue.models import bert_zh
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription when other jobs share the 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXTS = ["今天的比赛很精彩", "股市大涨", "这部电影好看吗", "学校开学了。", "房价又涨了吧"]
