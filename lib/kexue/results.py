@@ -192,17 +192,17 @@ class Results:
 
     # -- display ---------------------------------------------------------------------------------
     def comparison_markdown(self) -> str:
-        rows = ["| quantity | setting | article | ours |", "|---|---|---|---|"]
-        rows += [f"| {r['quantity']} | {r['setting']} | {r['article']} | {r['ours']} |"
-                 for r in self.comparisons]
-        return "\n".join(rows)
+        return markdown_table(["quantity", "setting", "article", "ours"],
+                              [[r["quantity"], r["setting"], r["article"], r["ours"]]
+                               for r in self.comparisons])
 
     def verdict_markdown(self) -> str:
-        rows = ["| claim | statement | test | ours | article | outcome |", "|---|---|---|---|---|---|"]
+        table = []
         for c in self.claims.values():
             outcome = "—" if c.held is None else ("**held**" if c.held else "**not held**")
-            rows.append(f"| {c.id} | {c.statement} | {c.metric} {describe_test(c.test)} | "
-                        f"{_fmt(c.value)} | {_fmt(c.article)} | {outcome} |")
+            table.append([c.id, c.statement, f"{c.metric} {describe_test(c.test)}",
+                          _fmt(c.value), _fmt(c.article), outcome])
+        rows = [markdown_table(["claim", "statement", "test", "ours", "article", "outcome"], table)]
         held = sum(bool(c.held) for c in self.claims.values())
         rows.append("")
         rows.append(f"**Verdict: {self.verdict()}** ({held} of {len(self.claims)} claim checks held; "
@@ -311,6 +311,13 @@ def validate_record(rec: dict, slug: str | None = None, scale: str | None = None
     if not rec["comparisons"] and rec["article"].get("archive") is not None:
         problems.append("no results-vs-article rows")  # a workbench page has no article to compare
     return problems
+
+
+def markdown_table(header, rows) -> str:
+    """A Markdown table (header row, separator, one line per row; cells through ``str``). Chapters
+    show it with ``IPython.display.Markdown(markdown_table(...))``."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
 def glue(name: str, value, display: bool = False):

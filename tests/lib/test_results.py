@@ -122,3 +122,10 @@ def test_glue_turns_numpy_scalars_into_plain_numbers(capsys):
     from kexue.results import glue
     assert type(glue("x", np.float64(0.25))) is float
     assert type(glue("n", np.int64(3))) is int
+
+
+def test_markdown_table_matches_a_hand_written_table():
+    from kexue.results import markdown_table
+    assert markdown_table(["a", "b"], [[1, 0.5], ["x", None]]) == (
+        "| a | b |\n|---|---|\n| 1 | 0.5 |\n| x | None |")
+    assert markdown_table(["only"], []) == "| only |\n|---|"
