@@ -363,7 +363,7 @@ def _log(path: Path, rec: dict, echo: bool = True) -> None:
 
 def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int | None = None,
         minutes: float | None = None, resume: bool = False, extend_tokens: int | None = None,
-        eval_sets_fn=None, stop_after_steps: int | None = None, heldout_fraction: float = 0.01,
+        stage_tokens: int | None = None, eval_sets_fn=None, stop_after_steps: int | None = None, heldout_fraction: float = 0.01,
         min_count: int = 3, echo: bool = True, command: str = "") -> dict:
     """Pre-train (or resume, or extend) a ``BertForPreTraining`` into folder ``out``.
 
@@ -371,7 +371,9 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
     documents, chosen with the seed, is kept out for evaluation). Budget: ``tokens`` (deterministic)
     or ``minutes`` (the first steps are timed and the budget fixed in tokens, recorded, so that
     ``--tokens`` reproduces it). ``resume`` continues from ``out/checkpoint``; ``extend_tokens``
-    appends a new stage (re-warm-up, linear decay) after the last one. ``eval_sets_fn(tok, heldout)``
+    appends a new stage (re-warm-up, linear decay) after the last one; ``stage_tokens`` re-budgets the
+    unfinished last stage to that many tokens (its learning-rate decay is recomputed for the new
+    end; the stage must still have steps left, and the change is recorded). ``eval_sets_fn(tok, heldout)``
     returns the :class:`EvalSets`. ``stop_after_steps`` simulates an interruption (tests).
     Returns the final state dict (https://kexue.fm/archives/8671)."""
     out = Path(out)
@@ -436,6 +438,22 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
         state = {**state, **_load_checkpoint(ckpt, model, opt)}
     state["commands"].append(command or "run()")
     stages = [Stage(**s) for s in state["stages"]]
+    if stage_tokens:
+        if extend_tokens:
+            raise ValueError("give either extend_tokens (a new stage) or stage_tokens (re-budget the last)")
+        if not stages:
+            raise ValueError("no stage to re-budget")
+        last = stages[-1]
+        new = make_stage(last.start, stage_tokens, lr=last.lr, warmup=last.warmup, batch=last.batch,
+                         seq_len=last.seq_len, long_seq_len=last.long_seq_len,
+                         long_fraction=cfg.long_fraction, label=last.label)
+        if not (last.start <= state["step"] < new.end):
+            raise ValueError(f"stage '{last.label}' is at step {state['step']}; a budget of {stage_tokens} "
+                             f"tokens would end it at step {new.end}: give a larger budget")
+        stages[-1] = new
+        state["stages"] = [asdict(s) for s in stages]
+        state.setdefault("rebudgets", []).append(
+            {"step": state["step"], "stage": last.label, "from_tokens": last.tokens, "to_tokens": int(stage_tokens)})
     if extend_tokens:
         start = stages[-1].end if stages else state["step"]
         stages.append(make_stage(start, extend_tokens, label=f"extension {len(stages)}", **new_stage))
@@ -597,6 +615,10 @@ def write_model_card(out: Path, state: dict) -> None:
     for s in state["stages"]:
         lines.append(f"| {s['label']} | {s['start']} | {s['steps_short']} + {s['steps_long']} | "
                      f"{s['tokens']:,} | {s['lr']} |")
+    for r in state.get("rebudgets", []):
+        lines += ["", f"Stage '{r['stage']}' was re-budgeted at step {r['step']:,} from {r['from_tokens']:,} to "
+                  f"{r['to_tokens']:,} tokens (`--resume --stage-tokens`); its learning-rate decay from that "
+                  "step follows the new end."]
     lines += ["", f"Steps {state['step']:,}; tokens processed {state['tokens_seen']:,} (non-padding); "
               f"wall time {state['wall_seconds'] / 60:.1f} min ({state['train_seconds'] / 60:.1f} min in "
               f"training steps); {rate:,.0f} tokens/s; {state['flops_per_token'] / 1e6:.1f} MFLOP/token → "
@@ -672,6 +694,8 @@ def main(argv=None) -> None:
     g.add_argument("--minutes", type=float, help="wall-clock budget; fixed as a token budget after timing the first steps")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--extend-tokens", type=float, help="with --resume: add a stage of this many tokens")
+    p.add_argument("--stage-tokens", type=float,
+                   help="with --resume: re-budget the unfinished last stage to this many tokens")
     d = PretrainConfig()
     for k in ("seed", "batch", "seq_len", "long_seq_len", "long_fraction", "lr", "warmup", "weight_decay",
               "clip", "dropout", "threads", "log_every", "checkpoint_minutes"):
@@ -680,6 +704,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.extend_tokens and not a.resume:
         p.error("--extend-tokens needs --resume (it extends an existing run)")
+    if a.stage_tokens and not a.resume:
+        p.error("--stage-tokens needs --resume (it re-budgets the unfinished stage of a run)")
     if not a.resume and a.tokens is None and a.minutes is None:
         p.error("give a budget: --tokens N or --minutes M")
     cfg = PretrainConfig(**{k: getattr(a, k) for k in ("seed", "batch", "seq_len", "long_seq_len",
@@ -693,7 +719,7 @@ def main(argv=None) -> None:
     command = "python -m kexue.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
     run(a.out, docs, cfg=cfg, tokens=int(a.tokens) if a.tokens else None, minutes=a.minutes,
         resume=a.resume, extend_tokens=int(a.extend_tokens) if a.extend_tokens else None,
-        eval_sets_fn=eval_fn, command=command)
+        stage_tokens=int(a.stage_tokens) if a.stage_tokens else None, eval_sets_fn=eval_fn, command=command)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,23 @@ def test_resume_is_bit_identical_and_extension_adds_a_stage(tmp_path):
     assert model.config.num_hidden_layers == 1
 
 
+def test_stage_tokens_rebudgets_the_unfinished_stage(tmp_path):
+    docs = synthetic_documents()
+    kw = dict(heldout_fraction=0.1, min_count=1, echo=False, eval_sets_fn=small_evals)
+    part = pretrain.run(tmp_path / "c", docs, cfg=micro_config(), tokens=8 * 24 * 8, stop_after_steps=3, **kw)
+    assert part["step"] == 3 and part["stages"][0]["steps_short"] + part["stages"][0]["steps_long"] == 8
+    with pytest.raises(ValueError, match="larger budget"):  # would end before the step reached
+        pretrain.run(tmp_path / "c", docs, resume=True, stage_tokens=8 * 24 * 2, **kw)
+    with pytest.raises(ValueError, match="either"):
+        pretrain.run(tmp_path / "c", docs, resume=True, stage_tokens=8 * 24 * 6, extend_tokens=8 * 24, **kw)
+    done = pretrain.run(tmp_path / "c", docs, resume=True, stage_tokens=8 * 24 * 5, **kw)
+    assert done["step"] == 5 and len(done["stages"]) == 1 and done["stages"][0]["tokens"] == 8 * 24 * 5
+    assert done["rebudgets"] == [{"step": 3, "stage": "main", "from_tokens": 8 * 24 * 8, "to_tokens": 8 * 24 * 5}]
+    assert "re-budgeted at step 3" in (tmp_path / "c" / "README.md").read_text()
+    lrs = [json.loads(l)["lr"] for l in open(tmp_path / "c" / "log.jsonl") if '"train"' in l]
+    assert lrs[-1] < lrs[0]
+
+
 def test_minutes_budget_is_fixed_after_timing(tmp_path):
     docs = synthetic_documents()
     st = pretrain.run(tmp_path / "m", docs, cfg=micro_config(), minutes=0.05, heldout_fraction=0.1,
