@@ -352,6 +352,18 @@ def _load_checkpoint(ckpt: Path, model, opt) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
 
+def _drop_log_after(path: Path, step: int) -> None:
+    """Remove the records of steps after ``step`` (an interrupted run's last minutes, redone on resume)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
 def _log(path: Path, rec: dict, echo: bool = True) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -436,6 +448,7 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
             raise ValueError("give a budget: --tokens N or --minutes M")
     else:
         state = {**state, **_load_checkpoint(ckpt, model, opt)}
+        _drop_log_after(log_path, state["step"])  # steps after the checkpoint are redone
     state["commands"].append(command or "run()")
     stages = [Stage(**s) for s in state["stages"]]
     if stage_tokens:

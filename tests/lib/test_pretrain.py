@@ -165,6 +165,8 @@ def test_resume_is_bit_identical_and_extension_adds_a_stage(tmp_path):
     with pytest.raises(FileExistsError):
         pretrain.run(tmp_path / "b", docs, cfg=micro_config(), **kw)
     kw.pop("tokens")
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:  # a record written after the last checkpoint
+        f.write(json.dumps({"event": "train", "step": 5, "tokens": 0, "mlm_loss": 9.9}) + "\n")
     resumed = pretrain.run(tmp_path / "b", docs, resume=True, **kw)
     assert resumed["step"] == 8
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
