@@ -5,9 +5,16 @@
   label c by log P(IsNext | A, B_c) with a label prompt B_c; predict argmax_c.
 - PET: "必须要GPT3吗?不,BERT的MLM模型也能小样本学习", https://kexue.fm/archives/7764 — a cloze
   template with [MASK] slots; score = Σ_j log p(label char j at mask j).
+- The chapter's protocol: every prompt variant (:class:`PromptVariant`) is scored on a dev subset
+  (:func:`sweep_variants`), the best per method and scoring is chosen there and only then scored on
+  test (:func:`select_and_test`); a few-shot logistic regression on the model's features is the
+  supervised reference (:func:`few_shot_accuracies`); :func:`paired_bootstrap_diff` puts an interval
+  on the difference of two classifiers evaluated on the same test items.
 Used by the chapter ``nsp-zero-shot`` and by the pre-training evaluations of :mod:`kexue.pretrain`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -109,12 +116,17 @@ def pet_label_scores(model, tok, texts: list[str], labels: list[str], *,
     return out
 
 
-def calibrate(scores: np.ndarray) -> np.ndarray:
+def calibrate(scores: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Prior correction: subtract each label's mean score over the evaluated inputs,
     s'_ic = s_ic − (1/n) Σ_i' s_i'c, so that no label wins by its prior alone (a simple form of
-    the calibration discussed for PET/NSP zero-shot, https://kexue.fm/archives/8671)."""
+    the calibration discussed for PET/NSP zero-shot, https://kexue.fm/archives/8671). With
+    ``reference`` (scores of the same prompt on other, unlabelled inputs, e.g. the dev split) the
+    label means are taken over ``reference`` instead: s'_ic = s_ic − mean_j reference_jc."""
     scores = np.asarray(scores, dtype=np.float64)
-    return scores - scores.mean(axis=0, keepdims=True)
+    ref = scores if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape[1] != scores.shape[1]:
+        raise ValueError(f"reference scores must have {scores.shape[1]} columns, got shape {ref.shape}")
+    return scores - ref.mean(axis=0, keepdims=True)
 
 
 def accuracy(scores: np.ndarray, labels) -> float:
@@ -132,3 +144,149 @@ def stratified_subsample(labels, per_class: int, seed: int = 0) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         pick.append(rng.choice(idx, min(per_class, len(idx)), replace=False))
     return np.sort(np.concatenate(pick))
+
+
+def fixed_subset(n_items: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` of ``n_items`` items drawn without replacement with ``seed`` (all
+    items when ``n`` is None or ≥ ``n_items``): a fixed evaluation subset that keeps the split's
+    natural class mix (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
+    if n is None or n >= n_items:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
+
+
+# ----------------------------------------------------------------- prompt variants and selection
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """One zero-shot prompt (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``).
+
+    ``method``: ``"nsp"`` (label prompt B_c = ``template`` with ``words[c]`` in its ``{}`` slot,
+    scored by log P(IsNext)) or ``"pet"`` (the ``{}`` slot becomes [MASK]s, scored by the MLM
+    log-probability of ``words[c]``; all words must have the same number of tokens).
+    ``words``: one label word per class, in label-index order. ``order``: ``"first"`` = the prompt
+    comes before the text (NSP: the prompt is sentence A; PET: template, then text), ``"second"`` =
+    after it."""
+
+    method: str
+    template: str
+    words: tuple
+    order: str
+
+    def __post_init__(self):
+        if self.method not in ("nsp", "pet"):
+            raise ValueError(f"method must be 'nsp' or 'pet', got {self.method!r}")
+        if self.order not in ("first", "second"):
+            raise ValueError(f"order must be 'first' or 'second', got {self.order!r}")
+        if self.template.count("{}") != 1:
+            raise ValueError(f"a template needs exactly one '{{}}' slot: {self.template!r}")
+
+    @property
+    def prompts(self) -> list[str]:
+        """The NSP label prompts B_c (the template with each label word filled in)."""
+        return [self.template.replace("{}", w) for w in self.words]
+
+    @property
+    def name(self) -> str:
+        slot = "{" + "/".join(self.words) + "}"
+        return f"{self.method.upper()} · {self.template.replace('{}', slot)} · prompt {self.order}"
+
+
+def prompt_variants(templates, methods=("nsp", "pet"), orders=("first", "second")) -> list[PromptVariant]:
+    """Every (method, template, order) combination of ``templates`` = [(template, words), ...], in
+    the order method, template, order (https://kexue.fm/archives/8671)."""
+    return [PromptVariant(m, t, tuple(w), o) for m in methods for t, w in templates for o in orders]
+
+
+def variant_scores(model, tok, texts: list[str], variant: PromptVariant, **kw) -> np.ndarray:
+    """(n, k) label scores of ``texts`` under one prompt variant: :func:`nsp_label_scores` with the
+    prompts B_c, or :func:`pet_label_scores` with the template's slot as the mask
+    (https://kexue.fm/archives/8671, https://kexue.fm/archives/7764)."""
+    if variant.method == "nsp":
+        return nsp_label_scores(model, tok, texts, variant.prompts, prompt="{label}", order=variant.order, **kw)
+    return pet_label_scores(model, tok, texts, list(variant.words), template=variant.template.replace("{}", "{mask}"),
+                            text_first=variant.order == "second", **kw)
+
+
+def sweep_variants(model, tok, texts: list[str], labels, variants, **kw) -> list[dict]:
+    """Score ``texts`` under every variant: rows ``{"variant", "scores", "raw", "calibrated"}``, with
+    raw = accuracy(argmax_c s_ic) and calibrated = accuracy after :func:`calibrate` over these same
+    (unlabelled) inputs. Meant for the dev split (https://kexue.fm/archives/8671)."""
+    rows = []
+    for v in variants:
+        s = variant_scores(model, tok, texts, v, **kw)
+        rows.append({"variant": v, "scores": s, "raw": accuracy(s, labels),
+                     "calibrated": accuracy(calibrate(s), labels)})
+    return rows
+
+
+def best_row(rows: list[dict], method: str, scoring: str) -> dict:
+    """The row of ``method`` with the highest ``rows[i][scoring]`` dev accuracy; on a tie the
+    first in the list wins (https://kexue.fm/archives/8671)."""
+    cand = [r for r in rows if r["variant"].method == method]
+    if not cand:
+        raise ValueError(f"no variant of method {method!r} among the rows")
+    return max(cand, key=lambda r: r[scoring])  # max keeps the first maximum
+
+
+def select_and_test(model, tok, dev_rows: list[dict], test_texts: list[str], test_labels, *,
+                    scorings=("raw", "calibrated"), **kw) -> dict:
+    """Choose on dev, then test (https://kexue.fm/archives/8671): for each method present in
+    ``dev_rows`` and each scoring, take :func:`best_row` and score ``test_texts`` with its variant
+    (each variant once). Raw test accuracy uses argmax_c s_ic; calibrated test accuracy subtracts
+    the label means of that variant's DEV scores (:func:`calibrate` with ``reference``), so the test
+    split is never used to choose or fit anything. Returns ``{(method, scoring): {"variant", "dev",
+    "test", "scores", "prior", "pred"}}`` (``prior`` = the subtracted label means, zeros for raw)."""
+    methods = list(dict.fromkeys(r["variant"].method for r in dev_rows))
+    cache, out = {}, {}
+    for m in methods:
+        for sc in scorings:
+            row = best_row(dev_rows, m, sc)
+            v = row["variant"]
+            if v not in cache:
+                cache[v] = variant_scores(model, tok, test_texts, v, **kw)
+            s = cache[v]
+            prior = row["scores"].mean(0) if sc == "calibrated" else np.zeros(s.shape[1])
+            adjusted = s - prior
+            out[(m, sc)] = {"variant": v, "dev": row[sc], "test": accuracy(adjusted, test_labels),
+                            "scores": s, "prior": prior, "pred": adjusted.argmax(1)}
+    return out
+
+
+# ------------------------------------------------------------------ references and statistics
+
+def few_shot_accuracies(encode, train_texts: list[str], train_labels, test_features: np.ndarray,
+                        test_labels, *, shots=(8, 32), seeds=(0, 1, 2, 3, 4), C: float = 1.0) -> dict:
+    """The supervised few-shot reference: for each k in ``shots`` and each seed, draw k labelled
+    examples per class from the train split (:func:`stratified_subsample`), standardise their
+    features ``encode(texts)`` (fitted on those k·K examples), fit an L2 logistic regression
+    (sklearn, ``C`` fixed, no tuning) and return ``{k: [test accuracy per seed]}``. ``encode`` is
+    called once, on the union of all drawn examples (https://kexue.fm/archives/8671)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train_labels = np.asarray(train_labels)
+    picks = {(k, s): stratified_subsample(train_labels, k, seed=s) for k in shots for s in seeds}
+    union = np.unique(np.concatenate(list(picks.values())))
+    feats = np.asarray(encode([train_texts[i] for i in union]), dtype=np.float64)
+    row_of = {int(i): r for r, i in enumerate(union)}
+    out = {k: [] for k in shots}
+    for (k, s), idx in picks.items():
+        X = feats[[row_of[int(i)] for i in idx]]
+        scaler = StandardScaler().fit(X)
+        clf = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(X), train_labels[idx])
+        out[k].append(float((clf.predict(scaler.transform(test_features)) == np.asarray(test_labels)).mean()))
+    return out
+
+
+def paired_bootstrap_diff(correct_a, correct_b, n_boot: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy difference of two classifiers on the same items, mean(a) − mean(b), and a
+    percentile bootstrap interval: resample the items with replacement ``n_boot`` times (same
+    indices for both) and take the (1−level)/2 and (1+level)/2 quantiles of the resampled
+    differences (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
+    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boots = d[idx].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)

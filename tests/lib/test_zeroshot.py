@@ -1,4 +1,5 @@
-"""Tests of kexue.zeroshot: NSP and PET label scores against slow per-example loops, calibration."""
+"""Tests of kexue.zeroshot: NSP and PET label scores against slow per-example loops, calibration,
+the dev-then-test protocol, the few-shot reference and the paired bootstrap."""
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ LABELS = ["体育", "股票", "娱乐", "教育", "房产"]
 @pytest.fixture(scope="module")
 def model_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("v")
-    chars = sorted(set("".join(TEXTS + LABELS) + "这是一则新闻。很不满意"))
+    chars = sorted(set("".join(TEXTS + LABELS) + "这是一则新闻。很不满意下面总之好差"))
     bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
     tok = bert_zh.tokenizer(d)
     cfg = bert_zh.config(len(tok.get_vocab()), num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
@@ -85,3 +86,150 @@ def test_stratified_subsample():
     idx = zeroshot.stratified_subsample(y, 10, seed=1)
     assert np.bincount(y[idx]).tolist() == [10, 5, 10]
     assert (idx == zeroshot.stratified_subsample(y, 10, seed=1)).all() and (np.diff(idx) > 0).all()
+
+
+def test_calibration_with_reference_matches_loop():
+    rng = np.random.default_rng(1)
+    s, ref = rng.normal(size=(7, 3)), rng.normal(size=(11, 3))
+    slow = np.array([[s[i, c] - sum(ref[j, c] for j in range(11)) / 11 for c in range(3)] for i in range(7)])
+    np.testing.assert_allclose(zeroshot.calibrate(s, reference=ref), slow, atol=1e-12)
+    np.testing.assert_array_equal(zeroshot.calibrate(s, reference=s), zeroshot.calibrate(s))
+    with pytest.raises(ValueError, match="columns"):
+        zeroshot.calibrate(s, reference=ref[:, :2])
+
+
+def test_fixed_subset():
+    idx = zeroshot.fixed_subset(50, 12, seed=3)
+    assert len(idx) == 12 and len(set(idx.tolist())) == 12 and (np.diff(idx) > 0).all() and idx.max() < 50
+    assert (idx == zeroshot.fixed_subset(50, 12, seed=3)).all()
+    assert not (idx == zeroshot.fixed_subset(50, 12, seed=4)).all()
+    assert zeroshot.fixed_subset(5, None).tolist() == [0, 1, 2, 3, 4] == zeroshot.fixed_subset(5, 9).tolist()
+
+
+def test_prompt_variant_fields_and_grid():
+    v = zeroshot.PromptVariant("nsp", "我{}满意。", ("不", "很"), "first")
+    assert v.prompts == ["我不满意。", "我很满意。"]
+    assert v.name == "NSP · 我{不/很}满意。 · prompt first"
+    for bad in (dict(method="mlm"), dict(order="middle"), dict(template="我满意。")):
+        kw = dict(method="nsp", template="我{}满意。", words=("不", "很"), order="first") | bad
+        with pytest.raises(ValueError):
+            zeroshot.PromptVariant(**kw)
+    grid = zeroshot.prompt_variants([("我{}满意。", ("不", "很")), ("总之很{}。", ["差", "好"])])
+    assert len(grid) == 8 and len(set(grid)) == 8
+    assert [(g.method, g.template, g.order) for g in grid[:3]] == [
+        ("nsp", "我{}满意。", "first"), ("nsp", "我{}满意。", "second"), ("nsp", "总之很{}。", "first")]
+    assert grid[-1] == zeroshot.PromptVariant("pet", "总之很{}。", ("差", "好"), "second")
+
+
+def _slow_variant_scores(m, tok, texts, v):
+    """Per text and label, one unbatched forward pass of the exact input the variant describes."""
+    out = np.empty((len(texts), len(v.words)))
+    for i, t in enumerate(texts):
+        for c, w in enumerate(v.words):
+            if v.method == "nsp":
+                p = v.template.replace("{}", w)
+                enc = tok(*((p, t) if v.order == "first" else (t, p)), return_tensors="pt")
+                with torch.no_grad():
+                    out[i, c] = torch.log_softmax(m(**enc).seq_relationship_logits[0], -1)[0].item()
+            else:
+                cloze = v.template.replace("{}", "[MASK]" * len(w))
+                enc = tok(cloze + t if v.order == "first" else t + cloze, return_tensors="pt")
+                pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero()[:, 0]
+                with torch.no_grad():
+                    logp = torch.log_softmax(m(**enc).prediction_logits[0], -1)
+                lid = tok(w, add_special_tokens=False)["input_ids"]
+                out[i, c] = sum(logp[p, l].item() for p, l in zip(pos, lid))
+    return out
+
+
+@pytest.mark.parametrize("method", ["nsp", "pet"])
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_variant_scores_match_slow_loop(model_tok, method, order):
+    m, tok = model_tok
+    v = zeroshot.PromptVariant(method, "总之很{}。", ("差", "好"), order)
+    fast = zeroshot.variant_scores(m, tok, TEXTS, v, batch_size=2)
+    np.testing.assert_allclose(fast, _slow_variant_scores(m, tok, TEXTS, v), atol=1e-10)
+    assert np.abs(fast[:, 0] - fast[:, 1]).max() > 1e-8  # the labels are told apart
+
+
+def test_sweep_select_and_test_against_loop(model_tok):
+    m, tok = model_tok
+    variants = zeroshot.prompt_variants([("总之很{}。", ("差", "好")), ("我{}满意。", ("不", "很"))])
+    dev_texts, dev_y = TEXTS[:4], np.array([0, 1, 1, 0])
+    test_texts, test_y = TEXTS[1:], np.array([1, 0, 0, 1])
+    rows = zeroshot.sweep_variants(m, tok, dev_texts, dev_y, variants)
+    for r in rows:
+        s = _slow_variant_scores(m, tok, dev_texts, r["variant"])
+        np.testing.assert_allclose(r["scores"], s, atol=1e-10)
+        assert r["raw"] == np.mean(s.argmax(1) == dev_y)
+        assert r["calibrated"] == np.mean((s - s.mean(0)).argmax(1) == dev_y)
+    out = zeroshot.select_and_test(m, tok, rows, test_texts, test_y)
+    assert set(out) == {("nsp", "raw"), ("nsp", "calibrated"), ("pet", "raw"), ("pet", "calibrated")}
+    for (method, sc), o in out.items():
+        cand = [r for r in rows if r["variant"].method == method]
+        best = max(r[sc] for r in cand)
+        first_best = next(r for r in cand if r[sc] == best)
+        assert o["variant"] == first_best["variant"] and o["dev"] == best
+        s = _slow_variant_scores(m, tok, test_texts, o["variant"])
+        prior = first_best["scores"].mean(0) if sc == "calibrated" else 0.0
+        np.testing.assert_allclose(o["scores"], s, atol=1e-10)
+        assert o["test"] == np.mean((s - prior).argmax(1) == test_y)
+
+
+def test_best_row_takes_the_first_of_ties():
+    v = [zeroshot.PromptVariant(me, "{}", ("a", "b"), o) for me in ("nsp", "pet") for o in ("first", "second")]
+    rows = [{"variant": v[0], "raw": 0.5}, {"variant": v[1], "raw": 0.7}, {"variant": v[2], "raw": 0.9},
+            {"variant": v[3], "raw": 0.7}]
+    assert zeroshot.best_row(rows, "nsp", "raw")["variant"] == v[1]
+    rows[0]["raw"] = 0.7
+    assert zeroshot.best_row(rows, "nsp", "raw")["variant"] == v[0]
+    assert zeroshot.best_row(rows, "pet", "raw")["variant"] == v[2]
+    with pytest.raises(ValueError):
+        zeroshot.best_row(rows[:2], "pet", "raw")
+
+
+def _features(texts):
+    """Deterministic features: class 0 texts start with 'a', class 1 with 'b', plus noise from the text."""
+    out = []
+    for t in texts:
+        r = np.random.default_rng(int(t[1:]))
+        out.append(np.r_[3.0 if t[0] == "a" else -3.0, r.normal(size=4)])
+    return np.array(out)
+
+
+def test_few_shot_accuracies_match_slow_loop():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.array([0] * 40 + [1] * 40 + [2] * 40)
+    texts = [("a" if c == 0 else "b") + str(i) for i, c in enumerate(y)]
+    calls = []
+
+    def enc(ts):
+        calls.append(len(ts))
+        return _features(ts)
+
+    Xt = _features(["a900", "b901", "a902", "b903"])
+    yt = np.array([0, 1, 0, 2])
+    out = zeroshot.few_shot_accuracies(enc, texts, y, Xt, yt, shots=(2, 5), seeds=(0, 1, 2))
+    assert len(calls) == 1 and set(out) == {2, 5} and all(len(v) == 3 for v in out.values())
+    for k in (2, 5):
+        for j, s in enumerate((0, 1, 2)):
+            idx = zeroshot.stratified_subsample(y, k, seed=s)
+            X = _features([texts[i] for i in idx])
+            sc = StandardScaler().fit(X)
+            clf = LogisticRegression(max_iter=5000).fit(sc.transform(X), y[idx])
+            assert out[k][j] == np.mean(clf.predict(sc.transform(Xt)) == yt)
+    assert min(out[5]) >= 0.5  # class 0 is separable by the first feature
+
+
+def test_paired_bootstrap_diff_matches_loop():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(60) < 0.7, rng.random(60) < 0.4
+    mean, lo, hi = zeroshot.paired_bootstrap_diff(a, b, n_boot=300, seed=5)
+    draws = np.random.default_rng(5).integers(0, 60, size=(300, 60))
+    diffs = [np.mean([float(a[i]) - float(b[i]) for i in row]) for row in draws]
+    assert mean == pytest.approx(a.mean() - b.mean())
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+    assert lo < mean < hi
+    assert zeroshot.paired_bootstrap_diff(a, a) == (0.0, 0.0, 0.0)
