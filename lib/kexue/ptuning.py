@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .pretrain import mask_tokens
-from .zeroshot import _batches_by_length, pet_label_scores
+from .zeroshot import _batches_by_length, accuracy, pet_label_scores
 from .zeroshot import calibrate as zeroshot_calibrate
 
 LABEL_WORDS = ("不", "很")   # verbalizer, index = label: 0 negative (不满意), 1 positive (很满意)
@@ -236,11 +236,6 @@ def cls_logits(clf: ClsHeadClassifier, ids: list, batch_size: int = 32) -> np.nd
         out[idx] = clf(inp, att).double().numpy()
     clf.train(was)
     return out
-
-
-def accuracy(scores: np.ndarray, y) -> float:
-    """Fraction of rows whose argmax is the gold label."""
-    return float((np.asarray(scores).argmax(1) == np.asarray(y)).mean())
 
 
 # ------------------------------------------------------------------------------- training
