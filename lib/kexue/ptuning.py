@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .pretrain import mask_tokens
-from .zeroshot import _batches_by_length, accuracy, pet_label_scores
+from .zeroshot import _batches_by_length, accuracy, fixed_subset, pet_label_scores
 from .zeroshot import calibrate as zeroshot_calibrate
 
 LABEL_WORDS = ("不", "很")   # verbalizer, index = label: 0 negative (不满意), 1 positive (很满意)
@@ -336,9 +336,7 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
 def few_shot_subset(train: list, fraction: float, seed: int) -> list:
     """round(fraction · n) examples drawn uniformly at random without replacement with ``seed``
     (the article labels 1 % of its training set: ``train_frac = 0.01``)."""
-    n = max(2, round(fraction * len(train)))
-    idx = np.random.default_rng(seed).choice(len(train), n, replace=False)
-    return [train[i] for i in np.sort(idx)]
+    return [train[i] for i in fixed_subset(len(train), max(2, round(fraction * len(train))), seed)]
 
 
 def char_bag_accuracy(train: list, test: list, C: float = 1.0) -> float:
