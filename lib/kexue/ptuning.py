@@ -452,3 +452,166 @@ def mask_trick_checks(model, tok, data: list, n_prompt: int = 8, max_length: int
             "nonzero_grad_entries": nonzero, "trainable": pe.trainable_count(),
             "n_prompt_times_d": n_prompt * pe.embedding_dim, "frozen_weights_unchanged": bool(unchanged),
             "prompt_rows_moved": not torch.equal(after[key][v:], before[key][v:]), "eval_mode": not m.training}
+
+
+# ------------------------------------------------------------------------------- GPT: a frozen causal LM
+
+# A causal LM has no [MASK]: the class is read from the next-token distribution at the end of the
+# input. The sequence is [BOS] [P1]..[P_l] before·text·after [P_l+1]..[P_l+r] and the label words are
+# scored as the token that follows (bojone's GPT variant of P-tuning: four prompts before the text,
+# four after it, the label word last). Prompt tokens are not vocabulary rows here but n free vectors
+# that replace the input embeddings at their slots; the whole LM is frozen, so only they get
+# gradients (the causal-LM counterpart of eq. (1)). Slots are coded 0 for an ordinary token and
+# k + 1 for prompt k, so that 0-padding marks ordinary (masked-out) positions.
+
+def single_token_ids(tok, words) -> list[int]:
+    """The vocabulary id of each label word; raises ValueError when a word is not exactly one token."""
+    out = []
+    for w in words:
+        t = tok(w, add_special_tokens=False)["input_ids"]
+        if len(t) != 1:
+            raise ValueError(f"label word {w!r} is {len(t)} tokens {t} for this tokenizer; "
+                             "the verbalizer needs one token per label")
+        out.append(t[0])
+    return out
+
+
+def _start_id(tok) -> int:
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    if start is None:
+        raise ValueError("the tokenizer has neither a BOS nor a [CLS] token to start the sequence with")
+    return int(start)
+
+
+def encode_causal(tok, texts: list[str], *, n_left: int = 0, n_right: int = 0, before: str = "",
+                  after: str = "", max_length: int = 64) -> tuple[list, list]:
+    """(ids, slots) of ``[BOS] P_1..P_l before text after P_l+1..P_l+r`` per text, the label word to
+    be predicted next. ``before``/``after`` are fixed words of a manual template (tokenised
+    separately from the text); the text is truncated so that a sequence has at most ``max_length``
+    tokens. At a prompt slot the id is the start id (a placeholder: its embedding is replaced) and
+    the slot code is k + 1 for prompt k; elsewhere the code is 0 (https://kexue.fm/archives/8295)."""
+    start = _start_id(tok)
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"] if s else []
+    pre, post = enc(before), enc(after)
+    room = max_length - 1 - n_left - n_right - len(pre) - len(post)
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for the text after the template")
+    body = tok(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+    ids, slots = [], []
+    for t in body:
+        seq = [start] + [start] * n_left + pre + t[:room] + post + [start] * n_right
+        code = [0] + list(range(1, n_left + 1)) + [0] * (len(pre) + len(t[:room]) + len(post)) + list(
+            range(n_left + 1, n_left + n_right + 1))
+        ids.append(seq)
+        slots.append(code)
+    return ids, slots
+
+
+def causal_label_logits(lm, inp: torch.Tensor, att: torch.Tensor, slot: torch.Tensor, label_ids,
+                        prompts: torch.Tensor | None = None) -> torch.Tensor:
+    """(batch, k) next-token logits of the k label words after the last real token of each
+    right-padded row: input embeddings from the LM's own table, replaced by ``prompts[code − 1]``
+    where ``slot`` > 0; the final hidden state at the last position times the output embedding rows
+    of the label words (with the model's final logit soft-capping, if it has one)."""
+    emb = lm.get_input_embeddings()(inp)
+    if prompts is not None and bool((slot > 0).any()):
+        emb = torch.where((slot > 0)[..., None], prompts.to(emb.dtype)[(slot - 1).clamp(min=0)], emb)
+    hidden = lm.base_model(inputs_embeds=emb, attention_mask=att)[0]
+    last = hidden[torch.arange(len(inp)), att.sum(1) - 1]
+    out = lm.get_output_embeddings()
+    ids = torch.as_tensor(list(label_ids))
+    logits = F.linear(last, out.weight[ids], None if out.bias is None else out.bias[ids])
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _slot_batches(ids: list, slots: list, idx, batch_size: int):
+    sub_ids, sub_slots = [ids[i] for i in idx], [slots[i] for i in idx]
+    for pos, inp, slot, att in _batches_by_length(sub_ids, sub_slots, batch_size):
+        yield np.asarray(idx)[pos], inp, att, slot
+
+
+@torch.no_grad()
+def causal_label_scores(lm, ids: list, slots: list, label_ids, prompts: torch.Tensor | None = None,
+                        batch_size: int = 16) -> np.ndarray:
+    """(n, k) label-word log-probabilities, log softmax over the k words (:func:`causal_label_logits`
+    batched by length; the LM is used in eval mode)."""
+    was = lm.training
+    lm.eval()
+    out = np.empty((len(ids), len(label_ids)))
+    for idx, inp, att, slot in _slot_batches(ids, slots, range(len(ids)), batch_size):
+        out[idx] = torch.log_softmax(causal_label_logits(lm, inp, att, slot, label_ids, prompts).double(), -1).numpy()
+    lm.train(was)
+    return out
+
+
+def causal_zero_shot(lm, tok, data: list, before: str, after: str, *, label_words=LABEL_WORDS,
+                     max_length: int = 64, batch_size: int = 16) -> tuple[float, float]:
+    """Manual-template zero-shot of a causal LM: (raw accuracy, accuracy after the prior calibration
+    :func:`kexue.zeroshot.calibrate`) of ``[BOS] before text after`` → next token ∈ label words."""
+    texts, y = [t for t, _ in data], [lab for _, lab in data]
+    ids, slots = encode_causal(tok, texts, before=before, after=after, max_length=max_length)
+    s = causal_label_scores(lm, ids, slots, single_token_ids(tok, label_words), batch_size=batch_size)
+    return accuracy(s, y), accuracy(zeroshot_calibrate(s), y)
+
+
+def causal_prompt_init(lm, token_pool: list, n_prompt: int, seed: int) -> torch.Tensor:
+    """(n_prompt, d) starting prompt vectors: the LM's input embeddings of ``n_prompt`` tokens drawn
+    with ``seed`` from ``token_pool`` (e.g. the tokens of the labelled texts, so that the prompts
+    start among embeddings the model knows, not among unused vocabulary rows)."""
+    pool = sorted(set(int(t) for t in token_pool))
+    if len(pool) < n_prompt:
+        raise ValueError(f"need at least {n_prompt} distinct tokens to initialise the prompts, got {len(pool)}")
+    rows = np.random.default_rng(seed).choice(pool, size=n_prompt, replace=False)
+    with torch.no_grad():
+        return lm.get_input_embeddings()(torch.as_tensor(rows)).detach().clone()
+
+
+def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n_left: int = 4,
+                        n_right: int = 4, label_words=LABEL_WORDS, lr: float = 1e-2, steps: int = 40,
+                        batch_size: int = 16, eval_every: int = 10, max_length: int = 64,
+                        eval_batch_size: int = 16, seed: int = 0) -> dict:
+    """P-tuning of a frozen causal LM (the article's GPT row): ``n_left`` prompt vectors before the
+    text and ``n_right`` after it (``n_right = 0``: a prefix; ``n_left = 0``: a suffix), trained
+    with Adam on the cross-entropy over the label words (:func:`causal_label_logits`) and
+    early-stopped on ``dev`` accuracy (:func:`fit`); ``test`` (None to skip) is scored with the best
+    prompts. ``lm`` must be frozen (:func:`kexue.models.gemma.freeze`): it is never changed.
+    Returns accuracies, best step, history, trainable count, seconds and the prompts
+    (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+    if any(p.requires_grad for p in lm.parameters()):
+        raise ValueError("freeze the causal LM first (kexue.models.gemma.freeze): only the prompts may learn")
+    t0 = time.perf_counter()
+    label_ids = single_token_ids(tok, label_words)
+    kw = dict(n_left=n_left, n_right=n_right, max_length=max_length)
+    ids, slots = encode_causal(tok, [t for t, _ in train], **kw)
+    y = np.array([lab for _, lab in train])
+    dev_ids, dev_slots = encode_causal(tok, [t for t, _ in dev], **kw)
+    dev_y = [lab for _, lab in dev]
+    prompts = nn.Parameter(causal_prompt_init(lm, [t for s in ids for t in s[1:]], n_left + n_right, seed))
+
+    def loss_on(idx, rng):
+        total, n = 0.0, len(idx)
+        for sub, inp, att, slot in _slot_batches(ids, slots, idx, len(idx)):
+            logits = causal_label_logits(lm, inp, att, slot, label_ids, prompts)
+            total = total + F.cross_entropy(logits, torch.as_tensor(y[sub]), reduction="sum")
+        return total / n
+
+    evaluate = lambda: accuracy(causal_label_scores(lm, dev_ids, dev_slots, label_ids, prompts, eval_batch_size), dev_y)
+    out = fit([prompts], loss_on, len(train), steps=steps, batch_size=batch_size, lr=lr, evaluate=evaluate,
+              eval_every=eval_every, seed=seed)
+    test_acc = None
+    if test is not None:
+        t_ids, t_slots = encode_causal(tok, [t for t, _ in test], **kw)
+        test_acc = accuracy(causal_label_scores(lm, t_ids, t_slots, label_ids, prompts, eval_batch_size),
+                            [lab for _, lab in test])
+    return {"test_acc": test_acc, "dev_acc": out["best_dev"], "best_step": out["best_step"],
+            "history": out["history"], "trainable": int(prompts.numel()),
+            "seconds": time.perf_counter() - t0, "prompts": prompts.detach().clone()}
+
+
+def causal_test_accuracy(lm, tok, data: list, prompts: torch.Tensor, *, n_left: int, n_right: int,
+                         label_words=LABEL_WORDS, max_length: int = 64, batch_size: int = 16) -> float:
+    """Accuracy on ``data`` of trained causal-LM ``prompts`` (from :func:`causal_few_shot_run`)."""
+    ids, slots = encode_causal(tok, [t for t, _ in data], n_left=n_left, n_right=n_right, max_length=max_length)
+    return accuracy(causal_label_scores(lm, ids, slots, single_token_ids(tok, label_words), prompts, batch_size),
+                    [lab for _, lab in data])
