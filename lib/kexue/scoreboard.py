@@ -18,7 +18,8 @@ class Row:
     article: dict
     notebook: str | None = None        # path without suffix, relative to the root
     record: dict | None = None
-    large: dict | None = None
+    large: dict | None = None          # a valid results/<slug>.large.json (optional large run)
+    large_stale: bool = False          # its code hash differs from the notebook's
     status: str = "not written"        # not written | pending | stale | invalid | current
     problems: list = field(default_factory=list)
 
@@ -60,7 +61,15 @@ def build_rows(root: Path) -> list[Row]:
                         row.status = "current"
             large = root / "results" / f"{slug}.large.json"
             if large.is_file():
-                row.large = json.loads(large.read_text(encoding="utf-8"))
+                lrec = json.loads(large.read_text(encoding="utf-8"))
+                bad = validate_record(lrec, slug=slug, scale="large")
+                if bad:
+                    row.problems += [f"large record: {p}" for p in bad]
+                else:
+                    row.large = lrec
+                    row.large_stale = lrec["code_hash"] != book.code_hash(nb)
+                    if row.large_stale:
+                        row.problems.append("the chapter's code changed after its large run")
         rows.append(row)
     return rows
 
@@ -123,7 +132,8 @@ def render_html(rows: list[Row]) -> str:
             run = (f"{e(r.record['scale'])} · {e(r.record['device'])} · "
                    f"{r.record['wall_time_s'] / 60:.1f} min")
             if r.large:
-                run += f"<br>large: {e(r.large['verdict'])} on {e(r.large['device'])}"
+                run += (f"<br>large: {e(r.large['verdict'])} · {e(r.large['device'])} · "
+                        f"{r.large['wall_time_s'] / 60:.1f} min" + (" (older code)" if r.large_stale else ""))
         flag = STATUS_TEXT[r.status]
         if flag:
             cls = "kx-dim" if r.status == "not written" else "kx-flag"

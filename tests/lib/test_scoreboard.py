@@ -64,3 +64,29 @@ def test_invalid_record_is_flagged(tmp_path):
     row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
     assert row.status == "invalid" and row.problems
     shutil.rmtree(root / "results")
+
+
+def test_large_record_is_shown_validated_and_flagged_when_stale(tmp_path):
+    root = mini_book(tmp_path)
+    record(root, "bert-init-std", held=True)
+    nb_path = root / "chapters" / "01-signal-propagation" / "bert-init-std.ipynb"
+    res = Results("bert-init-std", scale="large")
+    res.claim("C1", "c", metric="m", test=(">=", 1))
+    res.check("C1", 0)
+    res.compare("the number", "s", article="1", ours=0, key=True)
+    rec = res.record()
+    rec["code_hash"], rec["wall_time_s"] = book.code_hash(nb_path), 1500.0
+    large = root / "results" / "bert-init-std.large.json"
+    large.write_text(json.dumps(rec))
+    row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
+    assert row.large["verdict"] == "not reproduced" and not row.large_stale and row.status == "current"
+    page = render_html(build_rows(root))
+    assert "large: not reproduced · cpu · 25.0 min" in page and "(older code)" not in page
+    rec["code_hash"] = "0" * 64
+    large.write_text(json.dumps(rec))
+    row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
+    assert row.large_stale and "large run" in row.problems[-1] and "(older code)" in render_html([row])
+    rec["scale"] = "full"                      # a mislabelled record is not shown as a large run
+    large.write_text(json.dumps(rec))
+    row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
+    assert row.large is None and any("large record: scale" in p for p in row.problems)

