@@ -40,17 +40,21 @@ def check_scale(scale: str) -> str:
     return scale
 
 
-def config_for(table: dict, scale: str) -> dict:
+def config_for(table: dict, scale: str, *, large_cpu_minutes: float | None = None) -> dict:
     """The row of a chapter's ``CONFIG`` table for ``scale``, with a clear error when it has none.
 
-    A ``large`` run started without CUDA warns, since it is sized for a GPU.
+    A ``large`` run started without CUDA warns, since it is sized for a GPU: with the expected time
+    when the chapter states it (``large_cpu_minutes``, measured on the book's 2-core CPU), and with
+    how to switch to ``full``.
     """
     check_scale(scale)
     if scale not in table:
         raise ValueError(f"this chapter has no {scale!r} scale; it has: {', '.join(table)}")
     if scale == "large" and device() != "cuda":
+        took = (f"takes about {large_cpu_minutes:.0f} min on a 2-core CPU" if large_cpu_minutes
+                else "may take hours on this CPU")
         warnings.warn(
-            "scale 'large' is sized for a CUDA GPU and may take hours on this CPU; "
+            f"scale 'large' is sized for a CUDA GPU and {took}; "
             "use scale 'full' for the numbers the book shows (`make run CHAPTER=<slug>`).",
             stacklevel=2)
     return dict(table[scale])

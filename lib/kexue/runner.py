@@ -44,11 +44,18 @@ def check_parameters(nb_path: Path, parameters: dict) -> None:
         check_scale(parameters["scale"])
 
 
+CELL_TIMEOUT = {"smoke": 1800, "full": 1800, "large": 4 * 3600}
+
+
 def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | None = None, *,
                 output: Path | None = None, write_back: bool = False,
-                results_dir: Path | None = None, cell_timeout: int = 1800,
+                results_dir: Path | None = None, cell_timeout: int | None = None,
                 progress: bool = False) -> dict:
     """Execute one chapter; returns ``{"notebook", "output", "seconds", "record"}``.
+
+    ``cell_timeout`` (seconds per cell) defaults to :data:`CELL_TIMEOUT` for the scale: 30 min for
+    smoke and full (a full run is at most 25 min in all), 4 h for large, whose GPU-sized cells can
+    run far longer on a CPU.
 
     The scale travels as ``$KEXUE_SCALE`` (the parameters cell reads it), and also as an injected
     ``scale`` parameter when the run is not the default full run, so both mechanisms are exercised.
@@ -77,7 +84,7 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     try:
         pm.execute_notebook(str(nb_path), str(out), parameters=params, kernel_name="python3",
                             cwd=str(nb_path.parent), progress_bar=progress, log_output=False,
-                            execution_timeout=cell_timeout)
+                            execution_timeout=cell_timeout or CELL_TIMEOUT[scale])
     finally:
         for k, v in env_backup.items():
             if v is None:

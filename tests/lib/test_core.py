@@ -29,8 +29,10 @@ def test_config_for_missing_scale_names_the_available_ones():
 
 def test_large_on_cpu_warns(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.warns(UserWarning, match="sized for a CUDA GPU"):
+    with pytest.warns(UserWarning, match="sized for a CUDA GPU and may take hours.*scale 'full'"):
         kexue.config_for({"large": {"n": 1}}, "large")
+    with pytest.warns(UserWarning, match="takes about 38 min on a 2-core CPU.*scale 'full'"):
+        assert kexue.config_for({"large": {"n": 1}}, "large", large_cpu_minutes=37.8) == {"n": 1}
 
 
 def test_device_errors(monkeypatch):

@@ -23,3 +23,26 @@ def test_unknown_scale_is_a_clear_error(capsys):
 def test_unknown_parameter_is_a_clear_error(capsys):
     assert main(["bert-init-std", "--scale", "smoke", "-p", "lr", "0.1"]) == 2
     assert "declares no parameter(s) lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale,expected", [("smoke", 1800), ("full", 1800), ("large", 4 * 3600)])
+def test_cell_timeout_by_scale(monkeypatch, scale, expected):
+    """A large run's cells may take far longer on a CPU than the 30 minutes allowed at smoke and full
+    (the p-tuning GPT cell with three seeds took over 30 minutes and was cut)."""
+    import papermill
+
+    from kexue import runner
+
+    seen = {}
+
+    def fake_execute(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop before executing")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    with pytest.raises(RuntimeError, match="stop before executing"):
+        runner.run_chapter("bert-init-std", scale)
+    assert seen["execution_timeout"] == expected
+    with pytest.raises(RuntimeError, match="stop before executing"):
+        runner.run_chapter("bert-init-std", scale, cell_timeout=7)
+    assert seen["execution_timeout"] == 7
