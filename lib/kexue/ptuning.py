@@ -590,20 +590,15 @@ def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n
     prompts = nn.Parameter(causal_prompt_init(lm, [t for s in ids for t in s[1:]], n_left + n_right, seed))
 
     def loss_on(idx, rng):
-        total, n = 0.0, len(idx)
-        for sub, inp, att, slot in _slot_batches(ids, slots, idx, len(idx)):
-            logits = causal_label_logits(lm, inp, att, slot, label_ids, prompts)
-            total = total + F.cross_entropy(logits, torch.as_tensor(y[sub]), reduction="sum")
-        return total / n
+        sub, inp, att, slot = next(_slot_batches(ids, slots, idx, len(idx)))   # one padded batch
+        logits = causal_label_logits(lm, inp, att, slot, label_ids, prompts)
+        return F.cross_entropy(logits, torch.as_tensor(y[sub]), reduction="sum") / len(idx)
 
     evaluate = lambda: accuracy(causal_label_scores(lm, dev_ids, dev_slots, label_ids, prompts, eval_batch_size), dev_y)
     out = fit([prompts], loss_on, len(train), steps=steps, batch_size=batch_size, lr=lr, evaluate=evaluate,
               eval_every=eval_every, seed=seed)
-    test_acc = None
-    if test is not None:
-        t_ids, t_slots = encode_causal(tok, [t for t, _ in test], **kw)
-        test_acc = accuracy(causal_label_scores(lm, t_ids, t_slots, label_ids, prompts, eval_batch_size),
-                            [lab for _, lab in test])
+    test_acc = None if test is None else causal_test_accuracy(lm, tok, test, prompts, label_words=label_words,
+                                                              batch_size=eval_batch_size, **kw)
     return {"test_acc": test_acc, "dev_acc": out["best_dev"], "best_step": out["best_step"],
             "history": out["history"], "trainable": int(prompts.numel()),
             "seconds": time.perf_counter() - t0, "prompts": prompts.detach().clone()}

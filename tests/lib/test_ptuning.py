@@ -21,12 +21,8 @@ N_PROMPT = 8
 
 
 @pytest.fixture(scope="module")
-def micro():
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        chars = sorted(set("".join(TEXTS) + "很不满意好喜欢感觉"))
-        bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
-        tok = bert_zh.tokenizer(d)
+def micro(char_tokenizer):
+    tok = char_tokenizer("".join(TEXTS) + "很不满意好喜欢感觉")
     cfg = bert_zh.config(len(tok), num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64)
     model = bert_zh.build_model(cfg, 0).double().eval()

@@ -2,7 +2,6 @@
 LM, checked on a tiny random Gemma-3 (kexue.models.gemma.tiny_causal_lm) against slow references:
 the full model run token by token on unpadded inputs."""
 import copy
-import tempfile
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from kexue import ptuning as P
 from kexue import zeroshot
 from kexue.data import MissingDataError
-from kexue.models import bert_zh, gemma
+from kexue.models import gemma
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,11 +21,8 @@ DATA = list(zip(TEXTS, LABELS))
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    with tempfile.TemporaryDirectory() as d:
-        chars = sorted(set("".join(TEXTS) + "很不满意好喜欢感觉总之"))
-        bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
-        tok = bert_zh.tokenizer(d)
+def tiny(char_tokenizer):
+    tok = char_tokenizer("".join(TEXTS) + "很不满意好喜欢感觉总之")
     lm = gemma.tiny_causal_lm(len(tok), seed=0).double()
     return lm, tok
 

@@ -18,11 +18,8 @@ Y = [4.5, 2.0, 0.5, 4.0, 2.5]
 
 
 @pytest.fixture(scope="module")
-def model_tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("v")
-    chars = sorted(set("".join(S1 + S2)))
-    bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
-    tok = bert_zh.tokenizer(d)
+def model_tok(char_tokenizer):
+    tok = char_tokenizer("".join(S1 + S2))
     cfg = bert_zh.config(len(tok.get_vocab()), num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                          intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return bert_zh.build_model(cfg, 0).double().eval(), tok

@@ -15,11 +15,8 @@ LABELS = ["体育", "股票", "娱乐", "教育", "房产"]
 
 
 @pytest.fixture(scope="module")
-def model_tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("v")
-    chars = sorted(set("".join(TEXTS + LABELS) + "这是一则新闻。很不满意下面总之好差"))
-    bert_zh.write_vocab(list(bert_zh.SPECIAL_TOKENS) + chars, d)
-    tok = bert_zh.tokenizer(d)
+def model_tok(char_tokenizer):
+    tok = char_tokenizer("".join(TEXTS + LABELS) + "这是一则新闻。很不满意下面总之好差")
     cfg = bert_zh.config(len(tok.get_vocab()), num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                          intermediate_size=64)
     m = bert_zh.build_model(cfg, 0).double().eval()
