@@ -144,3 +144,10 @@ def results_dir(scale: str) -> Path:
     root = repo_root()
     base = root if root is not None else Path.cwd()
     return base / "results" if scale in ("full", "large") else base / "_build" / "results-smoke"
+
+
+def record_path(slug: str, scale: str, directory: Path | None = None) -> Path:
+    """The one rule for a record's file: ``<slug>.json`` for smoke and full runs,
+    ``<slug>.large.json`` for a large run, in ``directory`` or :func:`results_dir` of the scale."""
+    d = Path(directory) if directory else results_dir(scale)
+    return d / (f"{slug}.large.json" if scale == "large" else f"{slug}.json")

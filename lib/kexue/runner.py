@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import book, check_scale
+from .results import RegistrationError, require_registered
 
 
 class ParameterError(ValueError):
@@ -50,8 +51,12 @@ CELL_TIMEOUT = {"smoke": 1800, "full": 1800, "large": 4 * 3600}
 def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | None = None, *,
                 output: Path | None = None, write_back: bool = False,
                 results_dir: Path | None = None, cell_timeout: int | None = None,
-                progress: bool = False) -> dict:
+                progress: bool = False, require_registration: bool = True) -> dict:
     """Execute one chapter; returns ``{"notebook", "output", "seconds", "record"}``.
+
+    A full or large run needs the chapter's registration (``<slug>.claims.yml`` beside the notebook)
+    committed and unchanged; otherwise a :class:`kexue.results.RegistrationError` is raised before
+    anything runs (``require_registration=False`` skips this early check, for the tests' toy notebooks).
 
     ``cell_timeout`` (seconds per cell) defaults to :data:`CELL_TIMEOUT` for the scale: 30 min for
     smoke and full (a full run is at most 25 min in all), 4 h for large, whose GPU-sized cells can
@@ -75,6 +80,9 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     if write_back and scale != "full":
         raise ValueError(f"refusing to write {scale} outputs into the book: the committed notebook "
                          "holds a full run (drop --write-back, or use --scale full)")
+    if scale in ("full", "large") and require_registration:
+        # fail now rather than after a 15-minute run: the record would be refused at save()
+        require_registered(nb_path.stem, scale, nb_path.with_name(f"{nb_path.stem}.claims.yml"))
     out = Path(output) if output else Path(tempfile.mkdtemp(prefix="kexue-run-")) / nb_path.name
     env_backup = {k: os.environ.get(k) for k in ("KEXUE_SCALE", "KEXUE_RESULTS_DIR")}
     os.environ["KEXUE_SCALE"] = scale
@@ -102,9 +110,7 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     out.write_text(text, encoding="utf-8")
     if write_back:
         nb_path.write_text(text, encoding="utf-8")
-    rdir = Path(results_dir) if results_dir else book.results_dir(scale)
-    name = f"{nb_path.stem}.large.json" if scale == "large" else f"{nb_path.stem}.json"
-    rec_path = rdir / name
+    rec_path = book.record_path(nb_path.stem, scale, results_dir)
     record = json.loads(rec_path.read_text(encoding="utf-8")) if rec_path.is_file() else None
     return {"notebook": nb_path, "output": out, "seconds": seconds, "record": record,
             "record_path": rec_path}
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
     try:
         info = run_chapter(args.chapter, args.scale, params, output=args.output,
                            write_back=write_back, progress=True)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RegistrationError) as e:
         print(f"kexue-run: {e}", file=sys.stderr)
         return 2
     rec = info["record"]

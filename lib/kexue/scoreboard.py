@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import book
-from .results import validate_record
+from .results import NO_ARTICLE_CLAIM, validate_record
 
 
 @dataclass
@@ -24,11 +24,30 @@ class Row:
     problems: list = field(default_factory=list)
 
     @property
+    def registered(self) -> bool:
+        return bool(self.record and "registration" in self.record)
+
+    @property
     def held(self) -> tuple[int, int] | None:
+        """Article claims held / tested (for an old, unregistered record: all its claims)."""
         if not self.record:
             return None
-        claims = self.record["claims"]
+        claims = [c for c in self.record["claims"] if not self.registered or c.get("kind") == "article"]
         return sum(c["held"] is True for c in claims), len(claims)
+
+    @property
+    def extensions(self) -> tuple[int, int] | None:
+        if not self.registered:
+            return None
+        claims = [c for c in self.record["claims"] if c.get("kind") == "extension"]
+        return sum(c["held"] is True for c in claims), len(claims)
+
+    @property
+    def checks(self) -> tuple[int, int] | None:
+        if not self.record:
+            return None
+        ch = self.record.get("implementation_checks") or {}
+        return sum(bool(v) for v in ch.values()), len(ch)
 
 
 def build_rows(root: Path) -> list[Row]:
@@ -81,6 +100,12 @@ def summary(rows: list[Row]) -> dict:
             "reproduced": verdicts.count("reproduced"),
             "partly reproduced": verdicts.count("partly reproduced"),
             "not reproduced": verdicts.count("not reproduced"),
+            "no article claim": verdicts.count(NO_ARTICLE_CLAIM),
+            "article claims held": sum(r.held[0] for r in written if r.record and r.registered),
+            "article claims tested": sum(r.held[1] for r in written if r.record and r.registered),
+            "extensions held": sum(r.extensions[0] for r in written if r.registered),
+            "extensions tested": sum(r.extensions[1] for r in written if r.registered),
+            "unregistered": sum(bool(r.record) and not r.registered for r in written),
             "pending or stale": sum(r.status in ("pending", "stale", "invalid") for r in written)}
 
 
@@ -89,7 +114,8 @@ def _key_numbers(rec: dict) -> list[dict]:
     return rows or rec["comparisons"][:3]
 
 
-VERDICT_CLASS = {"reproduced": "kx-ok", "partly reproduced": "kx-part", "not reproduced": "kx-no"}
+VERDICT_CLASS = {"reproduced": "kx-ok", "partly reproduced": "kx-part", "not reproduced": "kx-no",
+                 NO_ARTICLE_CLAIM: "kx-dim"}
 STATUS_TEXT = {"pending": "full run pending", "stale": "outputs stale", "invalid": "record invalid",
                "not written": "chapter not written yet", "current": ""}
 
@@ -107,10 +133,16 @@ def render_html(rows: list[Row]) -> str:
         f"<p><b>{s['written']}</b> of {s['articles']} articles have a chapter; "
         f"<span class='kx-ok'>{s['reproduced']} reproduced</span>, "
         f"<span class='kx-part'>{s['partly reproduced']} partly reproduced</span>, "
-        f"<span class='kx-no'>{s['not reproduced']} not reproduced</span>; "
-        f"{s['pending or stale']} with a pending or stale full run.</p>",
-        "<table class='kx-sb'><thead><tr><th>#</th><th>chapter</th><th>article</th><th>claims held</th>"
-        "<th>key numbers: ours (article)</th><th>verdict</th><th>committed run</th></tr></thead><tbody>",
+        f"<span class='kx-no'>{s['not reproduced']} not reproduced</span>, "
+        f"<span class='kx-dim'>{s['no article claim']} with no testable article claim scored yet</span>; "
+        f"{s['pending or stale']} with a pending or stale full run. Article claims held: "
+        f"<b>{s['article claims held']} of {s['article claims tested']}</b>; extensions (ours, never "
+        f"part of a verdict): {s['extensions held']} of {s['extensions tested']}"
+        + (f"; {s['unregistered']} chapter(s) still on unregistered claims (old contract)"
+           if s['unregistered'] else "") + ".</p>",
+        "<table class='kx-sb'><thead><tr><th>#</th><th>chapter</th><th>article</th>"
+        "<th>article claims held</th><th>extensions held</th><th>implementation checks</th>"
+        "<th>key numbers: ours (article)</th><th>verdict</th><th>registered · run</th></tr></thead><tbody>",
     ]
     for i, r in enumerate(rows, 1):
         a = r.article
@@ -120,17 +152,22 @@ def render_html(rows: list[Row]) -> str:
             chap = f"<a href='{e(r.notebook)}.html'>{e(a['title_en'])}</a>"
         else:
             chap = f"<span class='kx-dim'>{e(a['title_en'])}</span>"
-        held = verdict = run = nums = ""
+        held = ext = checks = verdict = run = nums = ""
         if r.record:
             h, n = r.held
-            held = f"{h} / {n}"
+            held = f"{h} / {n}" + ("" if r.registered else "<br><span class='kx-flag'>unregistered</span>")
+            ext = "{} / {}".format(*r.extensions) if r.registered else ""
+            checks = "{} / {} passing".format(*r.checks) if r.checks[1] else "—"
             v = r.record["verdict"]
             verdict = f"<span class='{VERDICT_CLASS[v]}'>{e(v)}</span>"
             nums = "<ul>" + "".join(
                 f"<li>{e(c['quantity'])}: <b>{e(str(c['ours']))}</b> ({e(str(c['article']))})</li>"
                 for c in _key_numbers(r.record)) + "</ul>"
-            run = (f"{e(r.record['scale'])} · {e(r.record['device'])} · "
-                   f"{r.record['wall_time_s'] / 60:.1f} min")
+            reg = r.record.get("registration") or {}
+            regd = (f"registered {e(reg['date'][:10])} (<code>{e(reg['commit'][:8])}</code>)<br>"
+                    if reg.get("commit") else "")
+            run = (regd + f"run {e(r.record.get('started', '')[:10])} · {e(r.record['scale'])} · "
+                   f"{e(r.record['device'])} · {r.record['wall_time_s'] / 60:.1f} min")
             if r.large:
                 run += (f"<br>large: {e(r.large['verdict'])} · {e(r.large['device'])} · "
                         f"{r.large['wall_time_s'] / 60:.1f} min" + (" (older code)" if r.large_stale else ""))
@@ -138,18 +175,23 @@ def render_html(rows: list[Row]) -> str:
         if flag:
             cls = "kx-dim" if r.status == "not written" else "kx-flag"
             run += ("<br>" if run else "") + f"<span class='{cls}'>{e(flag)}</span>"
-        out.append(f"<tr><td>{i}</td><td>{chap}</td><td>{art}</td><td>{held}</td><td>{nums}</td>"
-                   f"<td>{verdict}</td><td>{run}</td></tr>")
+        out.append(f"<tr><td>{i}</td><td>{chap}</td><td>{art}</td><td>{held}</td><td>{ext}</td>"
+                   f"<td>{checks}</td><td>{nums}</td><td>{verdict}</td><td>{run}</td></tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
 def render_markdown(rows: list[Row]) -> str:
-    lines = ["| # | chapter | claims held | verdict | status |", "|---|---|---|---|---|"]
+    lines = ["| # | chapter | article claims held | extensions held | implementation checks | verdict "
+             "| registered | status |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         held = "{} / {}".format(*r.held) if r.record else ""
+        ext = "{} / {}".format(*r.extensions) if r.registered else ""
+        checks = "{} / {}".format(*r.checks) if r.record else ""
         verdict = r.record["verdict"] if r.record else ""
-        lines.append(f"| {i} | {r.slug} | {held} | {verdict} | {r.status} |")
+        reg = (r.record.get("registration") or {}).get("date", "")[:10] if r.registered else \
+            ("unregistered" if r.record else "")
+        lines.append(f"| {i} | {r.slug} | {held} | {ext} | {checks} | {verdict} | {reg} | {r.status} |")
     s = summary(rows)
     lines.append("")
     lines.append(", ".join(f"{k}: {v}" for k, v in s.items()))

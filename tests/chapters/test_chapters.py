@@ -95,3 +95,41 @@ def test_chapter_without_the_library_says_how_to_install_it(nb_path):
     out = subprocess.run([sys.executable, "-S", "-c", "".join(params["source"])],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "make setup" in out.stderr, out.stderr[-500:]
+
+
+def _records(nb_path):
+    for scale in ("full", "large"):
+        p = book.record_path(nb_path.stem, scale, ROOT / "results")
+        if p.is_file():
+            yield scale, json.loads(p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
+def test_records_match_their_registration(nb_path):
+    """Every record's claims equal the chapter's registration at the commit the record names, and that
+    commit precedes the run (CHAPTER.md, "Registration"). Needs the clone's git history: without it
+    (a shallow clone, an unpacked archive) the test says so and skips rather than passes."""
+    from kexue.results import _git, record_matches_registration
+    if _git(["rev-parse", "--git-dir"], ROOT) is None:
+        pytest.skip("no git history here (not a git checkout): registrations cannot be audited")
+    if (_git(["rev-parse", "--is-shallow-repository"], ROOT) or "").strip() == "true":
+        pytest.skip("shallow clone: the registration commits may be missing; clone with full history")
+    checked = 0
+    for scale, rec in _records(nb_path):
+        reg = rec.get("registration")
+        if reg is None:
+            if scale == "large":  # recorded before registration existed; flagged on the scoreboard
+                continue
+            pytest.fail(f"results/{nb_path.stem}.json has no registration: register the claims in "
+                        f"{nb_path.stem}.claims.yml, commit it alone, and re-run the chapter")
+        assert reg.get("commit"), f"{scale} record of {nb_path.stem} names no registration commit ({reg})"
+        text = _git(["show", f"{reg['commit']}:{reg['file']}"], ROOT)
+        assert text is not None, f"registration commit {reg['commit'][:10]} ({reg['file']}) is not in this clone"
+        assert _git(["merge-base", "--is-ancestor", reg["commit"], "HEAD"], ROOT) is not None, (
+            f"registration commit {reg['commit'][:10]} is not an ancestor of HEAD")
+        problems = record_matches_registration(rec, text)
+        assert not problems, f"{scale} record of {nb_path.stem} differs from its registration: {problems}"
+        from datetime import datetime
+        assert datetime.fromisoformat(reg["date"]) <= datetime.fromisoformat(rec["started"]), (
+            f"the registration ({reg['date']}) was committed after the {scale} run started ({rec['started']})")
+        checked += 1

@@ -129,3 +129,127 @@ def test_markdown_table_matches_a_hand_written_table():
     assert markdown_table(["a", "b"], [[1, 0.5], ["x", None]]) == (
         "| a | b |\n|---|---|\n| 1 | 0.5 |\n| x | None |")
     assert markdown_table(["only"], []) == "| only |\n|---|"
+
+
+# -- registration, kinds, intervals ---------------------------------------------------------------
+import subprocess  # noqa: E402
+
+from kexue.results import (NO_ARTICLE_CLAIM, RegistrationError, parse_registration,  # noqa: E402
+                           record_matches_registration, registration_state)
+
+REG = """claims:
+  - id: A1
+    kind: article
+    statement: smaller init trains better
+    quote: 缩小到标准的1/2，是一个比较靠谱的选择
+    section: 初始标准差
+    metric: gap
+    test: [">", 0]
+    control: the standard init, same budget
+    seeds: 5
+    fails_if: the 90 % interval of the gap reaches 0
+    threshold: any positive gap (the article gives no number)
+  - id: E1
+    kind: extension
+    statement: ours
+    metric: m2
+    test: ["<=", 1.0]
+    control: none needed
+    seeds: 1
+    fails_if: m2 > 1
+    threshold: ours
+implementation_checks:
+  - parity
+"""
+
+
+def git_repo(tmp_path, text=REG, commit=True):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    p = tmp_path / "bert-init-std.claims.yml"
+    p.write_text(text, encoding="utf-8")
+    if commit:
+        env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run(["git", *env, "-C", str(tmp_path), "add", p.name], check=True)
+        subprocess.run(["git", *env, "-C", str(tmp_path), "commit", "-q", "-m", "register"], check=True)
+    return p
+
+
+def test_parse_registration_rejects_what_the_contract_forbids():
+    assert [c["id"] for c in parse_registration(REG)] == ["A1", "E1"]
+    with pytest.raises(ValueError, match="lacks quote"):
+        parse_registration(REG.replace("    quote: 缩小到标准的1/2，是一个比较靠谱的选择\n", ""))
+    with pytest.raises(ValueError, match="quotes no Chinese"):
+        parse_registration(REG.replace("缩小到标准的1/2，是一个比较靠谱的选择", "half is fine"))
+    with pytest.raises(ValueError, match="kind 'claim'"):
+        parse_registration(REG.replace("kind: extension", "kind: claim"))
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_registration(REG.replace("    seeds: 1\n", "    seeds: 1\n    seed: 1\n"))
+    with pytest.raises(ValueError, match="lacks control"):
+        parse_registration(REG.replace("    control: none needed\n", ""))
+    with pytest.raises(ValueError, match="takes 2 argument"):
+        parse_registration(REG.replace('[">", 0]', '["between", 0]'))
+
+
+def test_registration_state_follows_git(tmp_path):
+    p = git_repo(tmp_path)
+    st = registration_state(p)
+    assert st["status"] == "committed" and len(st["commit"]) == 40 and st["file"] == p.name
+    p.write_text(REG + "\n# edited\n", encoding="utf-8")
+    assert registration_state(p)["status"] == "uncommitted"
+    assert registration_state(tmp_path / "none.yml")["status"] == "missing"
+
+
+def test_full_run_refuses_an_uncommitted_registration(tmp_path):
+    p = git_repo(tmp_path, commit=False)
+    with pytest.raises(RegistrationError, match="uncommitted"):
+        Results.registered("bert-init-std", scale="full", path=p)
+    res = Results.registered("bert-init-std", scale="smoke", path=p)  # smoke may run a draft
+    assert res.registration["status"] == "uncommitted"
+
+
+def test_verdict_counts_article_claims_alone(tmp_path):
+    p = git_repo(tmp_path)
+    res = Results.registered("bert-init-std", scale="full", path=p)
+    assert res.registration["status"] == "committed" and res.registered_checks == ["parity"]
+    res.implementation_check("parity", True)
+    res.check("A1", 0.05, interval=(0.01, 0.09), per_seed=[0.02, 0.05, 0.08, 0.04, 0.06])
+    res.check("E1", 3.0)  # an extension fails: the verdict does not move
+    assert res.verdict() == "reproduced"
+    assert res.counts() == {"article": [1, 1], "extension": [0, 1], "implementation": [1, 1]}
+    res.compare("q", "s", article="1", ours=1)
+    rec = res.record()
+    assert rec["registration"]["commit"] == registration_state(p)["commit"]
+    assert not validate_record(rec, "bert-init-std", "full")
+    assert not record_matches_registration(rec, REG)
+    rec["claims"][0]["test"] = [">", -1]
+    assert record_matches_registration(rec, REG) == ["A1.test: record has ['>', -1], registration ['>', 0]"]
+    md = res.verdict_markdown()
+    assert "**Article claims**" in md and "**Extensions**" in md and "1 of 1 article claims held" in md
+    with pytest.raises(ValueError, match="come from its registration"):
+        res.claim("C9", "x", metric="m", test=(">=", 1))
+
+
+def test_an_interval_that_crosses_the_bar_fails(tmp_path):
+    res = Results.registered("bert-init-std", scale="smoke", path=git_repo(tmp_path))
+    assert res.check("A1", 0.05, interval=(-0.01, 0.09)) is False     # point estimate passes
+    assert res.check("A1", 0.05, interval=(float("nan"), 0.09)) is False
+    assert res.check("A1", 0.05, interval=(0.001, 0.09)) is True
+    res.check("E1", 0.5)
+    assert res.verdict() == "reproduced"
+    res.check("A1", -0.2)
+    assert res.verdict() == "not reproduced"
+
+
+def test_no_article_claim_means_no_verdict(tmp_path):
+    only_ext = "claims:\n" + REG.split("  - id: E1\n")[1].join(["  - id: E1\n", ""])
+    res = Results.registered("bert-init-std", scale="smoke", path=git_repo(tmp_path, only_ext))
+    res.check("E1", 0.5)
+    assert res.verdict() == NO_ARTICLE_CLAIM
+    res.compare("q", "s", article="1", ours=1)
+    assert not validate_record(res.record(), "bert-init-std", "smoke")
+
+
+def test_markdown_table_escapes_pipes():
+    from kexue.results import markdown_table
+    t = markdown_table(["mean |Ŵ − W1| / W1", "b"], [["x|y", "two\nlines"]])
+    assert "mean \\|Ŵ − W1\\| / W1" in t and "x\\|y" in t and "two lines" in t

@@ -41,8 +41,8 @@ def test_cell_timeout_by_scale(monkeypatch, scale, expected):
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     with pytest.raises(RuntimeError, match="stop before executing"):
-        runner.run_chapter("bert-init-std", scale)
+        runner.run_chapter("bert-init-std", scale, require_registration=False)
     assert seen["execution_timeout"] == expected
     with pytest.raises(RuntimeError, match="stop before executing"):
-        runner.run_chapter("bert-init-std", scale, cell_timeout=7)
+        runner.run_chapter("bert-init-std", scale, cell_timeout=7, require_registration=False)
     assert seen["execution_timeout"] == 7
