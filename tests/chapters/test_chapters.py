@@ -9,6 +9,8 @@ import papermill
 import pytest
 
 from kexue import book
+
+sys.path.insert(0, str(Path(__file__).parent))  # nbcompare, beside this file (importlib import mode)
 from kexue.results import validate_record
 from kexue.runner import ParameterError, check_parameters, run_chapter
 
@@ -25,15 +27,33 @@ def load(nb_path):
     return json.loads(nb_path.read_text(encoding="utf-8"))
 
 
+from nbcompare import compare_tagged  # noqa: E402
+
+EXECUTED: dict = {}  # slug -> the notebook its one smoke execution wrote
+
+
 @pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
 def test_smoke_run(nb_path, tmp_path, smoke_times):
     info = run_chapter(nb_path, "smoke", results_dir=tmp_path, output=tmp_path / nb_path.name)
     smoke_times[nb_path.stem] = info["seconds"]
+    EXECUTED[nb_path.stem] = info["output"]
     assert info["seconds"] <= SMOKE_LIMIT_S, f"smoke run took {info['seconds']:.0f} s"
     assert info["record"] is not None, "the chapter wrote no results record (res.save())"
     problems = validate_record(info["record"], slug=nb_path.stem, scale="smoke")
     assert not problems, problems
     assert info["record"]["code_hash"] == book.code_hash(nb_path)
+
+
+@pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
+def test_tagged_outputs_match_the_committed_ones(nb_path):
+    """Cells tagged ``nbval-check-output`` (scale-independent outputs) of the smoke execution above
+    equal the committed full-run outputs, compared by nbval's rules (tests/chapters/nbcompare.py):
+    one execution per chapter serves the record checks and the output checks."""
+    executed = EXECUTED.get(nb_path.stem)
+    if executed is None:
+        pytest.skip("its smoke run did not finish (see test_smoke_run)")
+    n, problems = compare_tagged(executed, nb_path, ROOT / "tests" / "sanitize.cfg")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("nb_path", CHAPTERS, ids=ids)
