@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .optim import adamw_param_groups, warmup_linear  # noqa: F401 (kexue.mlm's API)
+
 IGNORE = -100
 
 
@@ -188,27 +190,6 @@ def mlm_mask(ids: torch.Tensor, mask_id: int, vocab: int, mask_prob: float = 0.1
     return inputs, labels
 
 
-def warmup_linear(step: int, warmup: int, total: int) -> float:
-    """Learning-rate multiplier of BERT: step/warmup for step < warmup, then linear decay
-    (total − step)/(total − warmup) to 0 at ``total``; ``warmup=0`` starts at full rate
-    (https://kexue.fm/archives/8747, chapter ``bert-init-std``). ``step`` counts from 0; the
-    multiplier of the first update is 1/warmup."""
-    if not 0 <= warmup <= total:
-        raise ValueError(f"need 0 <= warmup <= total, got warmup={warmup}, total={total}")
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """BERT's grouping: weight decay on matrices, none on biases and LayerNorm gains, so that
-    LN's gamma is free to grow (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def mlm_eval_loss(model, corpus: MarkovCorpus, batches: list[tuple]) -> float:
     """Mean MLM loss over fixed (inputs, labels) batches, weighted by the number of labels."""
@@ -282,9 +263,10 @@ def last_ln_gamma_ratio(gammas: dict) -> float:
 
 def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int, seq_len: int,
             norm: str = "post", head_transform: bool = True, init_std: float = 0.02,
-            trunc: bool = True, seed: int = 0, **train_kw) -> dict:
+            trunc: bool = True, seed: int = 0, device=None, **train_kw) -> dict:
     """Build a :class:`~kexue.transformer.BertMLM` (vocabulary = corpus tokens + [MASK]),
-    initialise it with :func:`~kexue.transformer.init_bert_` from ``seed``, train it with
+    initialise it with :func:`~kexue.transformer.init_bert_` from ``seed`` (on the CPU, so the same
+    weights on every device), move it to ``device`` (default CPU), train it with
     :func:`train_mlm` and return that result plus ``gammas`` (mean LN γ per LN) and
     ``gamma_ratio`` (:func:`last_ln_gamma_ratio`) (https://kexue.fm/archives/8747, chapter
     ``bert-init-std``)."""
@@ -294,6 +276,7 @@ def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int
     model = BertMLM(corpus.vocab + 1, n_layers, d, heads, ffn, max_len=seq_len, norm=norm,
                     head_transform=head_transform)
     init_bert_(model, init_std, trunc, generator=torch.Generator().manual_seed(seed))
+    model.to(device)
     out = train_mlm(model, corpus, seq_len=seq_len, seed=seed, **train_kw)
     out["gammas"] = model.layer_norm_gammas()
     out["gamma_ratio"] = last_ln_gamma_ratio(out["gammas"])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kexue.mlm import (IGNORE, adamw_param_groups, fixed_eval_batches, last_ln_gamma_ratio,
+from kexue.mlm import (IGNORE, fixed_eval_batches, last_ln_gamma_ratio,
                        markov_corpus, mlm_mask, run_mlm, sample_windows, train_mlm,
-                       warmup_linear, zipf_unigram)
+                       zipf_unigram)
 from kexue.transformer import BertMLM
 
 
@@ -108,35 +108,12 @@ def test_mlm_mask_rates_and_labels():
     assert inputs.max() <= 1000 and inputs.min() >= 0
 
 
-def test_warmup_linear_schedule():
-    assert [warmup_linear(s, 4, 10) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert warmup_linear(4, 4, 10) == 1.0
-    assert warmup_linear(7, 4, 10) == pytest.approx(0.5)
-    assert warmup_linear(10, 4, 10) == 0.0
-    assert warmup_linear(0, 0, 10) == 1.0  # no warm-up: full rate from the first step
-    assert warmup_linear(5, 0, 10) == pytest.approx(0.5)
-    assert warmup_linear(9, 10, 10) == 1.0
-    with pytest.raises(ValueError):
-        warmup_linear(0, 11, 10)
-
-
 def test_sample_windows_are_consecutive_within_a_chain():
     tokens = np.arange(5 * 100).reshape(5, 100)
     w = sample_windows(tokens, 64, 16, np.random.default_rng(0)).numpy()
     assert w.shape == (64, 16)
     assert np.all(np.diff(w, axis=1) == 1)
     assert np.all(w[:, 0] // 100 == w[:, -1] // 100)
-
-
-def test_adamw_param_groups_exempt_layer_norms_and_biases():
-    model = BertMLM(10, 1, 8, 2, 16, max_len=4)
-    decay, no_decay = adamw_param_groups(model, 0.01)
-    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
-    assert id(model.encoder.layers[0].ln2.weight) in ids(no_decay)
-    assert id(model.head.bias) in ids(no_decay)
-    assert id(model.encoder.tok_emb.weight) in ids(decay)
-    assert len(ids(decay)) + len(ids(no_decay)) == len(list(model.parameters()))
 
 
 def test_last_ln_gamma_ratio():
