@@ -24,7 +24,7 @@ def resolve_scale(default: str = "full") -> str:
     """The run scale of a chapter: ``$KEXUE_SCALE`` if set, else ``default``.
 
     A chapter's parameters cell calls this; papermill's ``-p scale ...`` overrides both.
-    Used by every chapter (the scale convention of ``CHAPTER.md``).
+    Used by every chapter (the scales of the README's "How a chapter is scored").
     """
     scale = os.environ.get("KEXUE_SCALE", "").strip() or default
     check_scale(scale)

@@ -1,6 +1,6 @@
 """Claims, outcomes and the results record of a chapter (``results/<slug>.json``).
 
-The chapter contract (``CHAPTER.md`` of the book's shared notes) has three kinds of checks:
+The book scores three kinds of checks (README.md, "How a chapter is scored"):
 
 - **article claims** (``kind: article``): what the article itself asserts, with its own words (a short
   Chinese quote and its section). The verdict counts these alone.
@@ -241,7 +241,7 @@ def require_registered(slug: str, scale: str, path: Path | None = None) -> dict:
         if state["status"] == "missing":
             raise RegistrationError(
                 f"{slug}: no {path.name} beside the notebook: register the chapter's claims there and "
-                "commit that file alone before a full run (CHAPTER.md, 'Registration')")
+                "commit that file alone before a full run (README.md, "How a chapter is scored")")
         if state["status"] == "uncommitted":
             raise RegistrationError(
                 f"{slug}: {state['file']} has uncommitted changes: commit the registration in its "

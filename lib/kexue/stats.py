@@ -1,8 +1,7 @@
 """Statistics for claims: mean ± sd (ddof 1, everywhere), intervals over seeds or examples.
 
-A claim "A beats B" holds only when its 90 % interval lies on the claimed side (the chapter contract,
-``CHAPTER.md`` in the book's shared notes; ``Results.check(..., interval=(lo, hi))`` in
-:mod:`kexue.results`). Two kinds of interval:
+A claim "A beats B" holds only when its 90 % interval lies on the claimed side (README.md, "How a
+chapter is scored"; ``Results.check(..., interval=(lo, hi))`` in :mod:`kexue.results`). Two kinds of interval:
 
 - over **seeds** (a handful of training runs): Student-t intervals, :func:`mean_interval` and
   :func:`paired_interval` (seed ``s`` of method A against seed ``s`` of method B);
@@ -19,7 +18,7 @@ import numpy as np
 from scipy import stats as _st
 
 LEVEL = 0.9
-"""The default confidence level of the book's intervals (CHAPTER.md: "its 90 % interval")."""
+"""The default confidence level of the book's intervals (README.md, "How a chapter is scored")."""
 
 
 def _values(x, name="x") -> np.ndarray:

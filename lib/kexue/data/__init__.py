@@ -1,7 +1,7 @@
 """Data the book uses offline: only what ships in a pip or Debian package, or what the book makes.
 
 Every loader first calls :func:`require_package`, so a missing or wrong data package fails with the
-exact command that installs it (the rule of ``DATA.md``). The Chinese corpora and labelled sets
+exact command that installs it (README.md, "Data and the book's own Chinese BERT"). The Chinese corpora and labelled sets
 are in :mod:`kexue.data.chinese` (pinned sources and sha256 in :mod:`kexue.data.sources`; build the
 caches with ``python -m kexue.data.prepare``); images in :mod:`kexue.data.images`.
 """

@@ -1,7 +1,7 @@
 """Where the book's Chinese (and English STS-B) data come from: pinned packages, files and sha256.
 
 Every source file is named by its distribution, pinned version, path and expected sha256
-(computed once from the pinned releases; see ``DATA.md``). :func:`package_file` and
+(computed once from the pinned releases; README.md, "Data and the book's own Chinese BERT"). :func:`package_file` and
 :func:`sdist_member` check the version (:func:`kexue.data.require_package`) and the checksum before
 anything is read, so a missing package fails with the command that installs it and a changed file
 fails naming the version the book expects.
