@@ -6,7 +6,6 @@ study trains deep non-square MLPs under each initialisation rule.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,13 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-
-# sha256 of sklearn's bundled 8×8 digits (float64 features then int64 labels), checked on load.
-DIGITS_SHA256 = "f6d9e39f37dc45d327f6db33428ee58970ccceabb2535a5c179de35886b70443"
-
-
-def _digits_checksum(X: np.ndarray, y: np.ndarray) -> str:
-    return hashlib.sha256(X.astype(np.float64).tobytes() + y.astype(np.int64).tobytes()).hexdigest()
 
 
 def load_digits_split(split_seed: int = 0, test_size: float = 0.25, val_size: float = 0.2,
@@ -32,16 +24,10 @@ def load_digits_split(split_seed: int = 0, test_size: float = 0.25, val_size: fl
     standardised with the *training* mean and std (constant pixels stay 0). Returns float32 ``X_*``
     and int64 ``y_*`` tensors for train, val, test. Data: ``sklearn.datasets.load_digits``
     (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as err:
-        raise ImportError("the digits data ship with scikit-learn: run "
-                          "`.venv/bin/pip install scikit-learn==1.9.1` (or `make setup`)") from err
-    X, y = load_digits(return_X_y=True)
-    if check and _digits_checksum(X, y) != DIGITS_SHA256:
-        raise ValueError("sklearn's bundled digits do not match the pinned checksum; install "
-                         "scikit-learn==1.9.1 (requirements.txt)")
+    from sklearn.model_selection import train_test_split
+
+    from .data.images import load_digits
+    X, y = load_digits(check=check)
     X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=test_size, stratify=y,
                                                       random_state=split_seed)
     X_train, X_val, y_train, y_val = train_test_split(X_rest, y_rest, test_size=val_size,

@@ -129,7 +129,8 @@ def test_load_digits_split_is_fixed_stratified_and_standardised():
 
 
 def test_load_digits_checks_the_checksum(monkeypatch):
-    monkeypatch.setattr(T, "DIGITS_SHA256", "0" * 64)
-    with pytest.raises(ValueError, match="checksum"):
+    import kexue.data.images as images
+    monkeypatch.setattr(images, "DIGITS_SHA256", "0" * 64)
+    with pytest.raises(images.MissingDataError, match="checksum"):
         T.load_digits_split()
     assert len(T.load_digits_split(check=False)["y_test"]) == 450

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import MissingDataError
+from .sources import sha256_file
 
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FASHION_MNIST_VERSION = "0.0~git20200523.55506a9-1"
@@ -68,7 +69,7 @@ def fashion_mnist_files(root: str | Path | None = None, *, verify: bool = True) 
             raise MissingDataError(
                 f"Fashion-MNIST is not installed (no {name} in {root}); install the Debian package "
                 f"{FASHION_MNIST_PACKAGE} (version {FASHION_MNIST_VERSION}) with: {FASHION_MNIST_INSTALL}")
-        if verify and hashlib.sha256(p.read_bytes()).hexdigest() != digest:
+        if verify and sha256_file(p) != digest:
             raise MissingDataError(f"{name} in {root} does not have the pinned sha256 {digest[:12]}…; "
                                    f"reinstall it with: {FASHION_MNIST_INSTALL}")
         paths[name] = p
@@ -108,16 +109,37 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None, *,
     return (X.reshape(len(X), -1) if flatten else X), labels.astype(np.int64)
 
 
+# sha256 of sklearn's bundled 8×8 digits (float64 features then int64 labels), checked on load.
+DIGITS_SHA256 = "f6d9e39f37dc45d327f6db33428ee58970ccceabb2535a5c179de35886b70443"
+
+
+def load_digits(check: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits as sklearn gives them: ``X`` float64 (1797, 64), pixel
+    values 0..16, ``y`` int64 labels 0..9, checked against :data:`DIGITS_SHA256`. The one digits
+    loader: :func:`load_digits_images` (chapter ``wgan-critique``) and
+    :func:`kexue.train.load_digits_split` (chapter ``xavier-averaging``) stand on it
+    (https://kexue.fm/archives/8244, https://kexue.fm/archives/8725)."""
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError as err:
+        raise MissingDataError("the digits data ship with scikit-learn: run "
+                               "`.venv/bin/pip install scikit-learn==1.9.1` (or `make setup`)") from err
+    X, y = _sk_load_digits(return_X_y=True)
+    if check and hashlib.sha256(X.astype(np.float64).tobytes() + y.astype(np.int64).tobytes()
+                                ).hexdigest() != DIGITS_SHA256:
+        raise MissingDataError("sklearn's bundled digits do not match the pinned checksum; install "
+                               "scikit-learn==1.9.1 (requirements.txt)")
+    return X, y.astype(np.int64)
+
+
 def load_digits_images(*, flatten: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled 8×8 digits (1,797 images, pixel values 0..16) as ``(X, y)``: ``X``
     float32 in [0, 1] (value / 16), shape (1797, 8, 8) or (1797, 64); ``y`` int64 labels 0..9.
     The smoke-scale stand-in for Fashion-MNIST in chapter ``wgan-critique``
     (https://kexue.fm/archives/8244)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    X = (d.images / 16.0).astype(np.float32)
-    return (X.reshape(len(X), -1) if flatten else X), d.target.astype(np.int64)
+    X, y = load_digits()
+    X = (X.reshape(-1, 8, 8) / 16.0).astype(np.float32)
+    return (X.reshape(len(X), -1) if flatten else X), y
 
 
 def load_image_dataset(name: str, *, flatten: bool = True) -> dict:
