@@ -148,3 +148,49 @@ def summarize(runs: list[dict], key: str, lr: float | None = None) -> tuple[floa
     vals = np.array([r[key] for r in runs if lr is None or r["lr"] == lr], dtype=float)
     std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     return float(vals.mean()), std, len(vals)
+
+
+def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, evaluate,
+        eval_every: int, optimizer=None, lr: float | None = None, seed: int = 0) -> dict:
+    """The book's one minibatch loop with early stopping on dev.
+
+    ``loss_on(batch_indices, rng)`` returns the loss of a minibatch of the ``n_train`` training
+    examples; minibatches are drawn epoch by epoch from permutations of a ``numpy`` generator seeded
+    by ``seed`` (the same ``rng`` is passed on, e.g. for masking). Every ``eval_every`` steps and at
+    the last one ``evaluate()`` (a dev score, higher is better) is recorded, and at the end the
+    trainable parameters of the best evaluation are restored (the first of equal scores).
+
+    ``optimizer`` is passed in, built over ``params``; without one, Adam with ``lr`` (no weight
+    decay). Returns ``{best_dev, best_step, history: [(step, mean training loss since the last
+    evaluation, dev score)]}``. Used by the few-shot runs of chapter ``p-tuning``
+    (https://kexue.fm/archives/8295)."""
+    params = [p for p in params if p.requires_grad]
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("fit needs an optimizer or a learning rate (lr) for Adam")
+        optimizer = torch.optim.Adam(params, lr=lr)
+    if steps < 1 or eval_every < 1 or batch_size < 1 or n_train < 1:
+        raise ValueError(f"fit needs steps, eval_every, batch_size and n_train >= 1; got {steps}, "
+                         f"{eval_every}, {batch_size}, {n_train}")
+    rng = np.random.default_rng(seed)
+    queue: list = []
+    best, best_step, snap, hist, run_loss = -math.inf, 0, None, [], []
+    for step in range(1, steps + 1):
+        if len(queue) < batch_size:
+            queue.extend(rng.permutation(n_train).tolist())
+        idx, queue = queue[:batch_size], queue[batch_size:]
+        loss = loss_on(idx, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run_loss.append(loss.item())
+        if step % eval_every == 0 or step == steps:
+            score = evaluate()
+            hist.append((step, float(np.mean(run_loss)), score))
+            run_loss = []
+            if score > best:
+                best, best_step, snap = score, step, [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, s in zip(params, snap):
+            p.copy_(s)
+    return {"best_dev": best, "best_step": best_step, "history": hist}

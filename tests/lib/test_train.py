@@ -134,3 +134,46 @@ def test_load_digits_checks_the_checksum(monkeypatch):
     with pytest.raises(images.MissingDataError, match="checksum"):
         T.load_digits_split()
     assert len(T.load_digits_split(check=False)["y_test"]) == 450
+
+
+def slow_fit(w0, X, y, steps, batch, lr, eval_every, seed):
+    """The same loop written out by hand: Adam on squared error, batches from numpy permutations."""
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    rng = np.random.default_rng(seed)
+    order = []
+    best, best_w, best_step = -np.inf, None, 0
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order += rng.permutation(len(X)).tolist()
+        idx, order = order[:batch], order[batch:]
+        loss = ((X[idx] @ w - y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            score = -((X @ w - y) ** 2).mean().item()
+            if score > best:
+                best, best_w, best_step = score, w.detach().clone(), step
+    return best, best_w, best_step
+
+
+def test_fit_equals_a_hand_written_loop_and_restores_the_best_dev_step():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(37, 3, generator=g), torch.randn(37, generator=g)
+    w0 = torch.randn(3, generator=g)
+    w = w0.clone().requires_grad_(True)
+    dev = lambda: -((X @ w - y) ** 2).mean().item()  # noqa: E731
+    out = T.fit([w], lambda idx, rng: ((X[idx] @ w - y[idx]) ** 2).mean(), len(X), steps=23,
+                batch_size=8, lr=0.3, evaluate=dev, eval_every=5, seed=4)
+    best, best_w, best_step = slow_fit(w0, X, y, 23, 8, 0.3, 5, 4)
+    assert out["best_step"] == best_step and out["best_dev"] == best
+    assert torch.equal(w.detach(), best_w)                      # the best dev step's weights
+    assert [h[0] for h in out["history"]] == [5, 10, 15, 20, 23]
+    w2 = w0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([w2], lr=0.05)
+    out2 = T.fit([w2], lambda idx, rng: ((X[idx] @ w2 - y[idx]) ** 2).mean(), len(X), steps=5,
+                 batch_size=8, optimizer=opt, evaluate=lambda: 0.0, eval_every=5)
+    assert out2["best_step"] == 5
+    with pytest.raises(ValueError, match="optimizer or a learning rate"):
+        T.fit([w2], None, 1, steps=1, batch_size=1, evaluate=None, eval_every=1)
