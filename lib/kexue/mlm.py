@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .bert.objective import IGNORE, mask_tokens
 from .optim import adamw_param_groups, warmup_linear  # noqa: F401 (kexue.mlm's API)
-
-IGNORE = -100
 
 
 @dataclass
@@ -178,16 +177,11 @@ def mlm_mask(ids: torch.Tensor, mask_id: int, vocab: int, mask_prob: float = 0.1
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption: each position is selected with probability ``mask_prob``; a selected
     token becomes [MASK] with prob. 0.8, a uniform random token with prob. 0.1, and stays itself
-    with prob. 0.1. Returns (inputs, labels) with labels = −100 at unselected positions
-    (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
-    sel = torch.rand(ids.shape, generator=generator) < mask_prob
-    labels = torch.where(sel, ids, torch.full_like(ids, IGNORE))
-    r = torch.rand(ids.shape, generator=generator)
-    inputs = ids.clone()
-    inputs[sel & (r < 0.8)] = mask_id
-    rand_pos = sel & (r >= 0.8) & (r < 0.9)
-    inputs[rand_pos] = torch.randint(0, vocab, (int(rand_pos.sum()),), generator=generator)
-    return inputs, labels
+    with prob. 0.1. Returns (inputs, labels) with labels = −100 at unselected positions. This is
+    the book's one masking function, :func:`kexue.bert.objective.mask_tokens`, with every position
+    eligible and the torch generator's draws (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    return mask_tokens(ids, None, generator if generator is not None else torch.default_generator,
+                       mask_id=mask_id, replace_ids=np.arange(vocab), prob=mask_prob)
 
 
 @torch.no_grad()

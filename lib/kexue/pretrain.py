@@ -4,13 +4,12 @@
     python -m kexue.pretrain --out lib/kexue/models/bert-zh --resume                  # after an interruption
     python -m kexue.pretrain --out lib/kexue/models/bert-zh --resume --extend-tokens 20000000
 
-Objective (BERT; "曾被嫌弃的预训练任务NSP…", https://kexue.fm/archives/8671): the sum of
-- MLM: 15 % of the non-special tokens are selected; a selected token becomes [MASK] (80 %), a random
-  non-special token (10 %) or stays (10 %); cross-entropy on the selected positions, computed with the
-  MLM head on those positions only (``model.cls.predictions(hidden[selected])``: the same loss as the
-  full head, ≈ 1.5 × faster here);
-- NSP: sentence B is the genuinely following text of the same document (label 0, 50 %) or a span
-  starting at a sentence of a random other document (label 1).
+Objective (BERT; "曾被嫌弃的预训练任务NSP…", https://kexue.fm/archives/8671): MLM (15 %, 80/10/10) + NSP,
+as :mod:`kexue.bert.objective` defines them (masking, sentence pairs, batches, the loss with the MLM
+head on the selected positions only). This module is the command around it: the stage plan
+(:class:`Stage`), the checkpoint evaluations (:func:`evaluate`), and :func:`run`, whose named steps
+open the folder, split and tokenise the corpus, build model and optimizer, start or resume the
+state, plan the stages, train step by step (:func:`train_step`), checkpoint, and write the model card.
 Sequences are 64 tokens for most steps and 128 for a final ``--long-fraction`` of each stage, so
 that position embeddings 64–127 are trained. fp32, 2 threads (bf16 autocast is 30–40 × slower on
 this CPU). AdamW with BERT's warm-up + linear decay per stage, gradient clipping 1.0.
@@ -36,138 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .mlm import IGNORE, adamw_param_groups, warmup_linear
+from .bert import objective
+from .bert.objective import TokenisedCorpus
+from .optim import adamw_param_groups, warmup_linear
 from .models import bert_zh
-
-# --------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class TokenisedCorpus:
-    """Documents as flat token-id arrays plus the offsets where their sentences start
-    (``bounds[d]`` = [0, end of sentence 1, …, len]); built by :func:`tokenise_documents`."""
-
-    tokens: list            # per document: np.int32 array of token ids (no special tokens)
-    bounds: list            # per document: np.int64 array of sentence boundaries, first 0, last len
-    boundary_doc: np.ndarray = field(default=None)   # every internal boundary: its document …
-    boundary_pos: np.ndarray = field(default=None)   # … and its offset in that document
-
-    def __post_init__(self):
-        docs, pos = [], []
-        for d, b in enumerate(self.bounds):
-            docs.extend([d] * (len(b) - 2))
-            pos.extend(b[1:-1])
-        self.boundary_doc = np.asarray(docs, dtype=np.int64)
-        self.boundary_pos = np.asarray(pos, dtype=np.int64)
-
-
-def tokenise_documents(documents, tok) -> TokenisedCorpus:
-    """Token ids of every sentence (no special tokens); empty sentences dropped; documents with
-    fewer than two sentences dropped (they give no NSP positive)."""
-    flat = [s for doc in documents for s in doc]
-    # the Rust tokenizer directly: fast, and no "longer than model_max_length" warning
-    ids = [e.ids for e in tok.backend_tokenizer.encode_batch(flat, add_special_tokens=False)] if flat else []
-    tokens, bounds, i = [], [], 0
-    for doc in documents:
-        sents = [np.asarray(x, dtype=np.int32) for x in ids[i:i + len(doc)] if len(x)]
-        i += len(doc)
-        if len(sents) < 2:
-            continue
-        tokens.append(np.concatenate(sents))
-        bounds.append(np.cumsum([0] + [len(s) for s in sents]))
-    return TokenisedCorpus(tokens, bounds)
-
-
-def nsp_pair(corpus: TokenisedCorpus, boundary: int, is_next: bool, seq_len: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Sentence pair (A, B) around internal boundary number ``boundary``: A = the last
-    ⌊(seq_len−3)/2⌋ tokens before the boundary (A ends where a sentence ends); B = the tokens right
-    after it (``is_next``) or, for a negative, the tokens from a random sentence start of a random
-    *other* document; B is cut so that [CLS] A [SEP] B [SEP] fits ``seq_len``."""
-    d, p = corpus.boundary_doc[boundary], corpus.boundary_pos[boundary]
-    room = seq_len - 3
-    a = corpus.tokens[d][max(0, p - room // 2):p]
-    if is_next:
-        b = corpus.tokens[d][p:p + room - len(a)]
-    else:
-        n = len(corpus.tokens)
-        o = int(rng.integers(n - 1))
-        o += o >= d  # uniform over the other documents
-        starts = corpus.bounds[o][:-1]
-        s = starts[int(rng.integers(len(starts)))]
-        b = corpus.tokens[o][s:s + room - len(a)]
-    return a, b
-
-
-def mask_tokens(ids: np.ndarray, special: np.ndarray, vocab_size: int, n_special: int,
-                rng: np.random.Generator, prob: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """BERT's corruption over the positions where ``special`` is False: each is selected with
-    probability ``prob``; a selected token becomes [MASK] (id 4) with prob. 0.8, a uniformly random
-    non-special token (ids ``n_special``..V−1) with prob. 0.1, and stays with prob. 0.1. Returns
-    (inputs, labels), labels = −100 where not selected (https://kexue.fm/archives/8671)."""
-    sel = (rng.random(ids.shape) < prob) & ~special
-    r = rng.random(ids.shape)
-    inputs = ids.copy()
-    inputs[sel & (r < 0.8)] = SPECIAL_ID["[MASK]"]
-    rnd = sel & (r >= 0.8) & (r < 0.9)
-    inputs[rnd] = rng.integers(n_special, vocab_size, int(rnd.sum()))
-    labels = np.where(sel, ids, IGNORE)
-    return inputs, labels
-
-
-SPECIAL_ID = {t: i for i, t in enumerate(bert_zh.SPECIAL_TOKENS)}
-
-
-def make_batch(corpus: TokenisedCorpus, batch: int, seq_len: int, vocab_size: int,
-               rng: np.random.Generator) -> dict:
-    """One pre-training batch: ``batch`` NSP pairs (half positives in expectation) over boundaries
-    drawn uniformly, packed as [CLS] A [SEP] B [SEP], padded to the longest, then masked with
-    :func:`mask_tokens`. Returns torch tensors input_ids, token_type_ids, attention_mask, labels,
-    next_sentence_label (0 = B follows A)."""
-    bnd = rng.integers(len(corpus.boundary_doc), size=batch)
-    is_next = rng.random(batch) < 0.5
-    pairs = [nsp_pair(corpus, int(b), bool(n), seq_len, rng) for b, n in zip(bnd, is_next)]
-    width = max(len(a) + len(b) + 3 for a, b in pairs)
-    ids = np.zeros((batch, width), dtype=np.int64)
-    typ = np.zeros((batch, width), dtype=np.int64)
-    att = np.zeros((batch, width), dtype=np.int64)
-    cls, sep = SPECIAL_ID["[CLS]"], SPECIAL_ID["[SEP]"]
-    for i, (a, b) in enumerate(pairs):
-        row = np.concatenate([[cls], a, [sep], b, [sep]])
-        ids[i, :len(row)] = row
-        typ[i, len(a) + 2:len(row)] = 1
-        att[i, :len(row)] = 1
-    special = ids < len(bert_zh.SPECIAL_TOKENS)
-    inputs, labels = mask_tokens(ids, special, vocab_size, len(bert_zh.SPECIAL_TOKENS), rng)
-    return {"input_ids": torch.from_numpy(inputs), "token_type_ids": torch.from_numpy(typ),
-            "attention_mask": torch.from_numpy(att), "labels": torch.from_numpy(labels),
-            "next_sentence_label": torch.from_numpy((~is_next).astype(np.int64))}
-
-
-# ------------------------------------------------------------------------------------- losses
-
-
-def pretraining_loss(model, batch: dict) -> dict:
-    """MLM + NSP loss of ``BertForPreTraining`` with the MLM head applied to the labelled positions
-    only: L = CE(cls.predictions(h[sel]), y[sel]) + CE(cls.seq_relationship(pooled), nsp).
-    Equal to HF's full-head loss (tested); returns the tensors loss, mlm_loss, nsp_loss and the
-    counts mlm_correct, mlm_n, nsp_correct."""
-    hidden, pooled = model.bert(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                                attention_mask=batch["attention_mask"])[:2]
-    labels = batch["labels"]
-    sel = labels != IGNORE
-    mlm_logits = model.cls.predictions(hidden[sel])
-    mlm_loss = F.cross_entropy(mlm_logits, labels[sel])
-    nsp_logits = model.cls.seq_relationship(pooled)
-    nsp_loss = F.cross_entropy(nsp_logits, batch["next_sentence_label"])
-    with torch.no_grad():
-        mlm_correct = int((mlm_logits.argmax(-1) == labels[sel]).sum())
-        nsp_correct = int((nsp_logits.argmax(-1) == batch["next_sentence_label"]).sum())
-    return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
-            "mlm_correct": mlm_correct, "mlm_n": int(sel.sum()), "nsp_correct": nsp_correct}
-
 
 # ----------------------------------------------------------------------------------- schedule
 
@@ -265,10 +137,11 @@ def evaluate(model, tok, sets: EvalSets, seq_len: int = 64) -> dict:
     out, t0 = {}, time.perf_counter()
     if sets.heldout is not None and len(sets.heldout.boundary_doc):
         rng = np.random.default_rng(sets.seed)
+        vocab = objective.vocab_of(tok)
         tot = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_n": 0, "nsp_correct": 0, "nsp_n": 0}
         for _ in range(sets.heldout_batches):
-            b = make_batch(sets.heldout, sets.heldout_batch, seq_len, model.config.vocab_size, rng)
-            r = pretraining_loss(model, b)
+            b = objective.make_batch(sets.heldout, sets.heldout_batch, seq_len, vocab, rng)
+            r = objective.pretraining_loss(model, b)
             tot["mlm_loss"] += float(r["mlm_loss"]) * r["mlm_n"]
             for k in ("mlm_correct", "mlm_n", "nsp_correct"):
                 tot[k] += r[k]
@@ -373,83 +246,90 @@ def _log(path: Path, rec: dict, echo: bool = True) -> None:
                                      for k in keys), flush=True)
 
 
-def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int | None = None,
-        minutes: float | None = None, resume: bool = False, extend_tokens: int | None = None,
-        stage_tokens: int | None = None, eval_sets_fn=None, stop_after_steps: int | None = None, heldout_fraction: float = 0.01,
-        min_count: int = 3, echo: bool = True, command: str = "") -> dict:
-    """Pre-train (or resume, or extend) a ``BertForPreTraining`` into folder ``out``.
-
-    ``documents``: lists of sentences (the pre-training corpus; a fixed ``heldout_fraction`` of the
-    documents, chosen with the seed, is kept out for evaluation). Budget: ``tokens`` (deterministic)
-    or ``minutes`` (the first steps are timed and the budget fixed in tokens, recorded, so that
-    ``--tokens`` reproduces it). ``resume`` continues from ``out/checkpoint``; ``extend_tokens``
-    appends a new stage (re-warm-up, linear decay) after the last one; ``stage_tokens`` re-budgets the
-    unfinished last stage to that many tokens (its learning-rate decay is recomputed for the new
-    end; the stage must still have steps left, and the change is recorded). ``eval_sets_fn(tok, heldout)``
-    returns the :class:`EvalSets`. ``stop_after_steps`` simulates an interruption (tests).
-    Returns the final state dict (https://kexue.fm/archives/8671)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".gitignore").write_text("checkpoint/\ncheckpoint.old/\ncheckpoint.tmp/\n")
+def _open(out: Path, resume: bool, cfg: PretrainConfig | None) -> tuple[PretrainConfig, dict | None]:
+    """Step 1: the folder. A resumed run takes its config from the checkpoint's state; a new run
+    refuses a folder that already holds one, and starts a fresh log."""
     ckpt = out / "checkpoint"
-    log_path = out / "log.jsonl"
-    t_start = time.perf_counter()
-    torch.set_num_threads((cfg or PretrainConfig()).threads)
-
     if resume:
         if not (ckpt / "state.json").exists():
             raise FileNotFoundError(f"nothing to resume in {out.name}/checkpoint; start without --resume")
         state = json.loads((ckpt / "state.json").read_text())
-        cfg = PretrainConfig(**state["config"])
-    else:
-        cfg = cfg or PretrainConfig()
-        if ckpt.exists():
-            raise FileExistsError(f"{out.name} already holds a run; pass --resume (or --resume "
-                                  f"--extend-tokens N), or choose another --out")
-        log_path.unlink(missing_ok=True)
-        state = None
-    torch.set_num_threads(cfg.threads)
-    if documents is None:
-        raise ValueError("no documents given")
+        return PretrainConfig(**state["config"]), state
+    if ckpt.exists():
+        raise FileExistsError(f"{out.name} already holds a run; pass --resume (or --resume "
+                              f"--extend-tokens N), or choose another --out")
+    (out / "log.jsonl").unlink(missing_ok=True)
+    return cfg or PretrainConfig(), None
 
-    # held-out split and vocabulary: functions of the seed and the corpus only
-    order = np.random.default_rng([cfg.seed, 7]).permutation(len(documents))
+
+def split_documents(documents, seed: int, heldout_fraction: float) -> tuple[list, list]:
+    """Step 2: (train, held-out) documents; the held-out ``heldout_fraction`` is drawn with ``seed``
+    (a function of the seed and the corpus only, so a resumed run gets the same split)."""
+    order = np.random.default_rng([seed, 7]).permutation(len(documents))
     n_held = int(round(len(documents) * heldout_fraction))
-    held_docs = [documents[i] for i in sorted(order[:n_held])]
-    train_docs = [documents[i] for i in sorted(order[n_held:])]
+    return ([documents[i] for i in sorted(order[n_held:])], [documents[i] for i in sorted(order[:n_held])])
+
+
+def prepare_data(out: Path, train_docs: list, held_docs: list, min_count: int, eval_sets_fn):
+    """Step 3: the vocabulary (built from the training documents once, then read from
+    ``out/vocab.txt``), the tokenizer, the tokenised corpora and the evaluation sets."""
     if not (out / "vocab.txt").exists():
         bert_zh.write_vocab(bert_zh.build_vocab(train_docs, min_count), out / "vocab.txt")
     tok = bert_zh.tokenizer(out)
-    corpus = tokenise_documents(train_docs, tok)
-    heldout = tokenise_documents(held_docs, tok)
+    corpus = objective.tokenise_documents(train_docs, tok)
+    heldout = objective.tokenise_documents(held_docs, tok)
     eval_sets = eval_sets_fn(tok, heldout) if eval_sets_fn else EvalSets(heldout=heldout)
-    prep_seconds = time.perf_counter() - t_start
+    return tok, corpus, heldout, eval_sets
 
+
+def build_training(tok, cfg: PretrainConfig):
+    """Step 4: the model (initialised from ``cfg.seed``, in train mode) and its AdamW optimizer
+    (BERT's weight-decay groups, betas (0.9, 0.999), eps 1e-6)."""
     mcfg = bert_zh.config(len(tok.get_vocab()), hidden_dropout_prob=cfg.dropout,
                           attention_probs_dropout_prob=cfg.dropout, **cfg.model)
     model = bert_zh.build_model(mcfg, cfg.seed)
     model.train()
     opt = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                             eps=1e-6)
-    new_stage = dict(lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch, seq_len=cfg.seq_len,
-                     long_seq_len=cfg.long_seq_len, long_fraction=cfg.long_fraction)
-    if state is None:
-        torch.manual_seed(cfg.seed)
-        peak = measure_matmul_peak(cfg.peak_matrix)
-        state = {"config": asdict(cfg), "step": 0, "tokens_seen": 0, "train_seconds": 0.0,
-                 "wall_seconds": 0.0, "stages": [], "peak_gflops": peak, "evals": [],
-                 "minutes": minutes, "commands": [], "n_train_docs": len(train_docs),
-                 "n_heldout_docs": len(held_docs), "vocab_size": mcfg.vocab_size,
-                 "n_params": sum(p.numel() for p in model.parameters()),
-                 "flops_per_token": bert_zh.train_flops_per_token(mcfg, cfg.seq_len)}
-        if tokens is not None:
-            state["stages"].append(asdict(make_stage(0, tokens, **new_stage)))
-        elif minutes is None:
-            raise ValueError("give a budget: --tokens N or --minutes M")
-    else:
-        state = {**state, **_load_checkpoint(ckpt, model, opt)}
-        _drop_log_after(log_path, state["step"])  # steps after the checkpoint are redone
-    state["commands"].append(command or "run()")
+    return mcfg, model, opt
+
+
+def _stage_kw(cfg: PretrainConfig) -> dict:
+    return dict(lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch, seq_len=cfg.seq_len,
+                long_seq_len=cfg.long_seq_len, long_fraction=cfg.long_fraction)
+
+
+def new_state(cfg: PretrainConfig, mcfg, model, n_train_docs: int, n_heldout_docs: int,
+              tokens: int | None, minutes: float | None) -> dict:
+    """Step 5a (a new run): seed torch, measure the machine's matmul peak, and start the state with
+    one stage of ``tokens`` (or none yet: a ``minutes`` budget is fixed after timing the first steps)."""
+    if tokens is None and minutes is None:
+        raise ValueError("give a budget: --tokens N or --minutes M")
+    torch.manual_seed(cfg.seed)
+    state = {"config": asdict(cfg), "step": 0, "tokens_seen": 0, "train_seconds": 0.0,
+             "wall_seconds": 0.0, "stages": [], "peak_gflops": measure_matmul_peak(cfg.peak_matrix),
+             "evals": [], "minutes": minutes, "commands": [], "n_train_docs": n_train_docs,
+             "n_heldout_docs": n_heldout_docs, "vocab_size": mcfg.vocab_size,
+             "n_params": sum(p.numel() for p in model.parameters()),
+             "flops_per_token": bert_zh.train_flops_per_token(mcfg, cfg.seq_len)}
+    if tokens is not None:
+        state["stages"].append(asdict(make_stage(0, tokens, **_stage_kw(cfg))))
+    return state
+
+
+def resume_state(out: Path, state: dict, model, opt) -> dict:
+    """Step 5b (a resumed run): weights, optimizer, torch RNG and state from the checkpoint; the log
+    records of steps after it are dropped (those steps are redone)."""
+    state = {**state, **_load_checkpoint(out / "checkpoint", model, opt)}
+    _drop_log_after(out / "log.jsonl", state["step"])
+    return state
+
+
+def plan_stages(state: dict, cfg: PretrainConfig, extend_tokens: int | None = None,
+                stage_tokens: int | None = None) -> list[Stage]:
+    """Step 6: the stage plan. ``stage_tokens`` re-budgets the unfinished last stage (its decay is
+    recomputed for the new end; recorded in ``state["rebudgets"]``); ``extend_tokens`` appends a new
+    stage (re-warm-up, linear decay) after the last. Updates ``state["stages"]``."""
     stages = [Stage(**s) for s in state["stages"]]
     if stage_tokens:
         if extend_tokens:
@@ -464,13 +344,122 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
             raise ValueError(f"stage '{last.label}' is at step {state['step']}; a budget of {stage_tokens} "
                              f"tokens would end it at step {new.end}: give a larger budget")
         stages[-1] = new
-        state["stages"] = [asdict(s) for s in stages]
         state.setdefault("rebudgets", []).append(
             {"step": state["step"], "stage": last.label, "from_tokens": last.tokens, "to_tokens": int(stage_tokens)})
     if extend_tokens:
         start = stages[-1].end if stages else state["step"]
-        stages.append(make_stage(start, extend_tokens, label=f"extension {len(stages)}", **new_stage))
-        state["stages"] = [asdict(s) for s in stages]
+        stages.append(make_stage(start, extend_tokens, label=f"extension {len(stages)}", **_stage_kw(cfg)))
+    state["stages"] = [asdict(s) for s in stages]
+    return stages
+
+
+def train_step(model, opt, corpus: TokenisedCorpus, vocab: objective.Vocab, stage: Stage, step: int,
+               cfg: PretrainConfig) -> tuple[dict, int, int, int, float]:
+    """Step 7: one optimizer step at global ``step``: the stage's learning rate and batch shape, the
+    batch drawn from a generator seeded by (seed, step) (so the data position is the step counter),
+    MLM + NSP loss, clipping, AdamW. Returns (loss dict, batch size, seq len, tokens, seconds)."""
+    bsz, seq = stage.shape(step)
+    for group in opt.param_groups:
+        group["lr"] = stage.lr_at(step)
+    t0 = time.perf_counter()
+    batch = objective.make_batch(corpus, bsz, seq, vocab, np.random.default_rng([cfg.seed, step]))
+    r = objective.pretraining_loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    r["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+    opt.step()
+    return r, bsz, seq, int(batch["attention_mask"].sum()), time.perf_counter() - t0
+
+
+class _Window:
+    """Training statistics since the last log record (means over the window's steps)."""
+
+    KEYS = ("mlm", "nsp", "mlm_c", "mlm_n", "nsp_c", "nsp_n", "n", "tok", "t")
+
+    def __init__(self):
+        self.v = dict.fromkeys(self.KEYS, 0)
+        self.v["mlm"] = self.v["nsp"] = self.v["t"] = 0.0
+
+    def add(self, r: dict, bsz: int, ntok: int, dt: float) -> None:
+        v = self.v
+        v["mlm"] += r["mlm_loss"].item()
+        v["nsp"] += r["nsp_loss"].item()
+        v["mlm_c"] += r["mlm_correct"]
+        v["mlm_n"] += r["mlm_n"]
+        v["nsp_c"] += r["nsp_correct"]
+        v["nsp_n"] += bsz
+        v["n"] += 1
+        v["tok"] += ntok
+        v["t"] += dt
+
+    def record(self, state: dict, stage: Stage, step: int, seq: int, mcfg, elapsed: float) -> dict:
+        v = self.v
+        rate = v["tok"] / v["t"]
+        return {"event": "train", "step": state["step"], "tokens": state["tokens_seen"], "seq": seq,
+                "lr": stage.lr_at(step), "mlm_loss": v["mlm"] / v["n"], "nsp_loss": v["nsp"] / v["n"],
+                "mlm_acc": v["mlm_c"] / max(1, v["mlm_n"]), "nsp_acc": v["nsp_c"] / v["nsp_n"],
+                "tokens_per_s": rate,
+                "mfu": rate * bert_zh.train_flops_per_token(mcfg, seq) / (state["peak_gflops"] * 1e9),
+                "elapsed_s": elapsed}
+
+
+def budget_from_minutes(cfg: PretrainConfig, minutes: float, calib: dict, spent: float, eval_seconds: float,
+                        step: int) -> int:
+    """Step 8 (``--minutes``): the token budget that fills the wall-clock budget, from the tokens/s
+    measured over the calibration steps, minus the time already spent, the expected evaluations and
+    a 30 s margin; the long-sequence phase runs at ≈ 0.65 × the short phase's tokens/s here."""
+    rate = calib["tokens"] / calib["seconds"]           # nominal tokens/s at seq_len
+    n_evals = math.ceil(minutes / cfg.checkpoint_minutes) + 1
+    left = minutes * 60 - spent - n_evals * (eval_seconds + 5) - 30
+    eff = rate / (1 - cfg.long_fraction + cfg.long_fraction / 0.65)
+    return int(max(left, 0) * eff * 0.97) + step * cfg.batch * cfg.seq_len
+
+
+def finish(out: Path, model, state: dict, log_path: Path, echo: bool) -> None:
+    """Step 9: the shipped folder: the weights (safetensors + sha256), the model card, a done record."""
+    bert_zh.save(model, out / "vocab.txt", out, train_config=state["config"])
+    write_model_card(out, state)
+    _log(log_path, {"event": "done", "step": state["step"], "tokens": state["tokens_seen"],
+                    "wall_seconds": state["wall_seconds"]}, echo)
+
+
+def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int | None = None,
+        minutes: float | None = None, resume: bool = False, extend_tokens: int | None = None,
+        stage_tokens: int | None = None, eval_sets_fn=None, stop_after_steps: int | None = None,
+        heldout_fraction: float = 0.01, min_count: int = 3, echo: bool = True, command: str = "") -> dict:
+    """Pre-train (or resume, or extend) a ``BertForPreTraining`` into folder ``out``.
+
+    ``documents``: lists of sentences (the pre-training corpus; a fixed ``heldout_fraction`` of the
+    documents, chosen with the seed, is kept out for evaluation). Budget: ``tokens`` (deterministic)
+    or ``minutes`` (the first steps are timed and the budget fixed in tokens, recorded, so that
+    ``--tokens`` reproduces it). ``resume`` continues from ``out/checkpoint``; ``extend_tokens``
+    appends a new stage (re-warm-up, linear decay) after the last one; ``stage_tokens`` re-budgets the
+    unfinished last stage to that many tokens (its learning-rate decay is recomputed for the new
+    end; the stage must still have steps left, and the change is recorded). ``eval_sets_fn(tok, heldout)``
+    returns the :class:`EvalSets`. ``stop_after_steps`` simulates an interruption (tests).
+    Runs on the CPU (fp32, ``cfg.threads`` threads). Returns the final state dict; the steps are
+    the functions above, in order (https://kexue.fm/archives/8671)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".gitignore").write_text("checkpoint/\ncheckpoint.old/\ncheckpoint.tmp/\n")
+    ckpt, log_path = out / "checkpoint", out / "log.jsonl"
+    t_start = time.perf_counter()
+    torch.set_num_threads((cfg or PretrainConfig()).threads)
+    cfg, state = _open(out, resume, cfg)
+    torch.set_num_threads(cfg.threads)
+    if documents is None:
+        raise ValueError("no documents given")
+    train_docs, held_docs = split_documents(documents, cfg.seed, heldout_fraction)
+    tok, corpus, heldout, eval_sets = prepare_data(out, train_docs, held_docs, min_count, eval_sets_fn)
+    vocab = objective.vocab_of(tok)
+    prep_seconds = time.perf_counter() - t_start
+    mcfg, model, opt = build_training(tok, cfg)
+    if state is None:
+        state = new_state(cfg, mcfg, model, len(train_docs), len(held_docs), tokens, minutes)
+    else:
+        state = resume_state(out, state, model, opt)
+    state["commands"].append(command or "run()")
+    stages = plan_stages(state, cfg, extend_tokens, stage_tokens)
     _log(log_path, {"event": "start", "step": state["step"], "vocab": mcfg.vocab_size,
                     "params": state["n_params"], "train_docs": len(train_docs),
                     "boundaries": int(len(corpus.boundary_doc)), "prep_seconds": prep_seconds,
@@ -483,7 +472,6 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
                "stage": seq.label if seq and state["step"] else "init", **r}
         state["evals"].append(rec)
         _log(log_path, rec, echo)
-        return r
 
     def checkpoint():
         state["wall_seconds"] += time.perf_counter() - t_seg[0]
@@ -495,73 +483,37 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
         do_eval()
     eval_seconds = state["evals"][-1]["eval_seconds"] if state["evals"] else 0.0
     last_ckpt = time.perf_counter()
-    win = {"mlm": 0.0, "nsp": 0.0, "mlm_c": 0, "mlm_n": 0, "nsp_c": 0, "nsp_n": 0, "n": 0, "tok": 0, "t": 0.0}
-    calib = {"steps": 0, "seconds": 0.0, "tokens": 0}
-
+    win, calib = _Window(), {"steps": 0, "seconds": 0.0, "tokens": 0}
     if minutes is not None and not stages:  # provisional stage until the first steps are timed
-        st = make_stage(0, 10 ** 12, **new_stage)
-        st.label = "calibration"
-        stages.append(st)
+        stages.append(make_stage(0, 10 ** 12, label="calibration", **_stage_kw(cfg)))
     while True:
         step = state["step"]
-        if stop_after_steps is not None and step >= stop_after_steps:
-            break
         stage = stage_of(stages, step)
-        if stage is None:
+        if (stop_after_steps is not None and step >= stop_after_steps) or stage is None:
             break
-        bsz, seq = stage.shape(step)
-        for gsrc in opt.param_groups:
-            gsrc["lr"] = stage.lr_at(step)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng([cfg.seed, step])
-        batch = make_batch(corpus, bsz, seq, mcfg.vocab_size, rng)
-        r = pretraining_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        r["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        dt = time.perf_counter() - t0
-        ntok = int(batch["attention_mask"].sum())
+        r, bsz, seq, ntok, dt = train_step(model, opt, corpus, vocab, stage, step, cfg)
         state["step"] = step + 1
         state["tokens_seen"] += ntok
         state["train_seconds"] += dt
-        win["mlm"] += r["mlm_loss"].item()
-        win["nsp"] += r["nsp_loss"].item()
-        win["mlm_c"] += r["mlm_correct"]
-        win["mlm_n"] += r["mlm_n"]
-        win["nsp_c"] += r["nsp_correct"]
-        win["nsp_n"] += bsz
-        win["n"] += 1
-        win["tok"] += ntok
-        win["t"] += dt
+        win.add(r, bsz, ntok, dt)
         if stage.label == "calibration":
             if step >= min(3, cfg.calibration_steps - 1):  # skip the first, slower steps
                 calib["steps"] += 1
                 calib["seconds"] += dt
                 calib["tokens"] += bsz * seq
             if calib["steps"] >= cfg.calibration_steps:
-                rate = calib["tokens"] / calib["seconds"]           # nominal tokens/s at seq_len
-                spent = time.perf_counter() - t_start
-                n_evals = math.ceil(minutes / cfg.checkpoint_minutes) + 1
-                left = minutes * 60 - spent - n_evals * (eval_seconds + 5) - 30
-                # the 128-token phase ran at ≈ 0.65 × the tokens/s of the 64-token one here
-                eff = rate / (1 - cfg.long_fraction + cfg.long_fraction / 0.65)
-                budget = int(max(left, 0) * eff * 0.97) + state["step"] * cfg.batch * cfg.seq_len
-                stages[0] = make_stage(0, budget, **new_stage)
+                budget = budget_from_minutes(cfg, minutes, calib, time.perf_counter() - t_start,
+                                             eval_seconds, state["step"])
+                stages[0] = make_stage(0, budget, **_stage_kw(cfg))
                 state["stages"] = [asdict(s) for s in stages]
+                rate = calib["tokens"] / calib["seconds"]
                 state["budget_from_minutes"] = {"minutes": minutes, "calibrated_tokens_per_s": rate,
                                                 "tokens": budget}
                 _log(log_path, {"event": "budget", "step": state["step"], "tokens_per_s": rate,
                                 "budget_tokens": budget, "steps": stages[0].steps}, echo)
         if state["step"] % cfg.log_every == 0:
-            rate = win["tok"] / win["t"]
-            _log(log_path, {"event": "train", "step": state["step"], "tokens": state["tokens_seen"],
-                            "seq": seq, "lr": stage.lr_at(step), "mlm_loss": win["mlm"] / win["n"],
-                            "nsp_loss": win["nsp"] / win["n"], "mlm_acc": win["mlm_c"] / max(1, win["mlm_n"]),
-                            "nsp_acc": win["nsp_c"] / win["nsp_n"], "tokens_per_s": rate,
-                            "mfu": rate * bert_zh.train_flops_per_token(mcfg, seq) / (state["peak_gflops"] * 1e9),
-                            "elapsed_s": time.perf_counter() - t_start}, echo)
-            win = dict.fromkeys(win, 0)
+            _log(log_path, win.record(state, stage, step, seq, mcfg, time.perf_counter() - t_start), echo)
+            win = _Window()
         finished_stage = state["step"] == stage.end and stage.label != "calibration"
         if finished_stage or time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
             do_eval()
@@ -572,10 +524,7 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
         if not state["evals"] or state["evals"][-1]["step"] != state["step"]:
             do_eval()
         checkpoint()
-        bert_zh.save(model, out / "vocab.txt", out, train_config=state["config"])
-        write_model_card(out, state)
-        _log(log_path, {"event": "done", "step": state["step"], "tokens": state["tokens_seen"],
-                        "wall_seconds": state["wall_seconds"]}, echo)
+        finish(out, model, state, log_path, echo)
     else:
         checkpoint()
     return state

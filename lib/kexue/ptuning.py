@@ -24,13 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pretrain import mask_tokens
-from .zeroshot import _batches_by_length, accuracy, fixed_subset, pet_label_scores
+from .bert.batching import batches_by_length, pad_right
+from .bert.heads import ClsHeadClassifier, classifier_logits, device_of, label_word_logits
+from .bert.objective import IGNORE, Vocab, mask_tokens, vocab_of
+from .zeroshot import accuracy, fixed_subset, pet_label_scores
 from .zeroshot import calibrate as zeroshot_calibrate
 
 LABEL_WORDS = ("不", "很")   # verbalizer, index = label: 0 negative (不满意), 1 positive (很满意)
-N_SPECIAL = 5                # [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0..4 of the book's vocabulary
-IGNORE = -100
 
 
 def prompt_tokens(n_prompt: int) -> list[str]:
@@ -124,17 +124,20 @@ class PromptEmbedding(nn.Module):
         return n
 
 
-def attach_prompts(model, n_prompt: int, *, train_model: bool = False, lstm: bool = False,
+def attach_prompts(model, tok, n_prompt: int, *, train_model: bool = False, lstm: bool = False,
                    seed: int = 0) -> PromptEmbedding:
     """Give a ``BertForPreTraining`` n prompt tokens (ids V..V+n−1) in place. The prompt rows start
-    as copies of the embeddings of n random non-special characters. ``train_model=False`` freezes
+    as copies of the embeddings of n random ordinary (non-special) tokens of ``tok``'s vocabulary,
+    drawn with ``seed``. ``train_model=False`` freezes
     every weight (the model is put in eval mode: dropout off) so that only the prompt rows learn
     (P-tuning with a frozen model); ``True`` trains all weights too. The MLM decoder stays tied to
     the original V rows (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     base = model.bert.embeddings.word_embeddings.weight
+    ordinary = torch.as_tensor(vocab_of(tok).ordinary_ids)
+    ordinary = ordinary[ordinary < base.shape[0]]
     gen = torch.Generator().manual_seed(seed)
-    rows = torch.randperm(base.shape[0] - N_SPECIAL, generator=gen)[:n_prompt] + N_SPECIAL
-    init = base.detach()[rows].clone()
+    rows = ordinary[torch.randperm(len(ordinary), generator=gen)[:n_prompt]]
+    init = base.detach()[rows.to(base.device)].clone()
     for p in model.parameters():
         p.requires_grad_(train_model)
     enc = None
@@ -163,79 +166,43 @@ def encode_cloze(tok, texts: list[str], template: str, max_length: int = 128):
     return ids, 1 + tmpl.index(tok.mask_token_id), 1 + len(tmpl)
 
 
-def pad_batch(ids: list, idx, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of the sequences ``ids[i]`` for i in ``idx``, right-padded."""
-    width = max(len(ids[i]) for i in idx)
-    inp = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(idx), width), dtype=torch.long)
-    for r, i in enumerate(idx):
-        inp[r, :len(ids[i])] = torch.as_tensor(ids[i])
-        att[r, :len(ids[i])] = 1
-    return inp, att
-
-
 def cloze_loss(model, inp: torch.Tensor, att: torch.Tensor, mask_pos: int, y, label_ids, *,
-               aux_mlm_from: int | None = None, vocab_size: int | None = None,
+               aux_mlm_from: int | None = None, vocab: Vocab | None = None,
                rng: np.random.Generator | None = None) -> torch.Tensor:
     """Cross-entropy over the label words at the [MASK]: logits z_c = MLM-head(h_mask)[label_c],
-    L = −log softmax(z)_y (the verbalizer restricted to its k words). With ``aux_mlm_from`` (the
-    first text position) the text is also corrupted BERT-style (15 % of its tokens: 80 % [MASK],
-    10 % a random character, 10 % kept, :func:`kexue.pretrain.mask_tokens`) and the MLM
-    cross-entropy over the ``vocab_size`` characters at those positions is added: the article's
-    auxiliary loss (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+    L = −log softmax(z)_y (the verbalizer restricted to its k words,
+    :func:`kexue.bert.heads.label_word_logits`). With ``aux_mlm_from`` (the first text position)
+    the text is also corrupted BERT-style (:func:`corrupt_text` with ``vocab``, the
+    :class:`~kexue.bert.objective.Vocab` of the tokenizer that encoded ``inp``) and the MLM
+    cross-entropy over the vocabulary at those positions is added: the article's auxiliary loss.
+    Inputs are moved to the model's device (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     mlm_labels = None
     if aux_mlm_from is not None:
-        inp, mlm_labels = corrupt_text(inp, aux_mlm_from, vocab_size, rng)
+        inp, mlm_labels = corrupt_text(inp, aux_mlm_from, vocab, rng)
+    dev = device_of(model)
+    inp, att = inp.to(dev), att.to(dev)
     hidden = model.bert(input_ids=inp, attention_mask=att, token_type_ids=torch.zeros_like(inp))[0]
-    logits = model.cls.predictions(hidden[:, mask_pos])[:, list(label_ids)]
-    loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y)))
+    logits = label_word_logits(model, hidden[:, mask_pos], label_ids)
+    loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y), device=dev))
     if mlm_labels is not None and (mlm_labels != IGNORE).any():
+        mlm_labels = mlm_labels.to(dev)
         sel = mlm_labels != IGNORE
         loss = loss + F.cross_entropy(model.cls.predictions(hidden[sel]), mlm_labels[sel])
     return loss
 
 
-def corrupt_text(inp: torch.Tensor, text_from: int, vocab_size: int, rng: np.random.Generator,
+def corrupt_text(inp: torch.Tensor, text_from: int, vocab: Vocab, rng: np.random.Generator,
                  prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's 80/10/10 corruption (:func:`kexue.pretrain.mask_tokens`) restricted to the text:
+    """BERT's 80/10/10 corruption (:func:`kexue.bert.objective.mask_tokens`) restricted to the text:
     positions before ``text_from`` (the template, its prompt tokens and the label [MASK]) and the
-    special tokens ([SEP], [PAD]) are never selected. Returns (inputs, MLM labels, −100 elsewhere)."""
-    arr = inp.numpy()
-    special = (np.arange(arr.shape[1])[None, :] < text_from) | (arr < N_SPECIAL)
-    corrupted, labels = mask_tokens(arr, special, vocab_size, N_SPECIAL, rng, prob)
+    special tokens of ``vocab`` ([SEP], [PAD], prompt tokens) are never selected; a random
+    replacement is an ordinary token of ``vocab``. Returns CPU tensors (inputs, MLM labels,
+    :data:`~kexue.bert.objective.IGNORE` elsewhere) (https://kexue.fm/archives/8295)."""
+    arr = inp.cpu().numpy()
+    special = (np.arange(arr.shape[1])[None, :] < text_from) | vocab.is_special(arr)
+    corrupted, labels = mask_tokens(arr, special, rng, mask_id=vocab.mask_id, replace_ids=vocab.ordinary_ids,
+                                    prob=prob)
     return torch.as_tensor(corrupted), torch.as_tensor(labels)
-
-
-class ClsHeadClassifier(nn.Module):
-    """Plain fine-tuning's classifier: the BERT's pooled [CLS] vector → dropout → linear layer to k
-    classes, all weights trainable (the article's "few-shot direct fine-tune" row; chapter
-    ``p-tuning``, https://kexue.fm/archives/8295)."""
-
-    def __init__(self, bert_for_pretraining, n_classes: int = 2, dropout: float = 0.1, seed: int = 0):
-        super().__init__()
-        self.bert = bert_for_pretraining.bert
-        self.drop = nn.Dropout(dropout)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.head = nn.Linear(self.bert.config.hidden_size, n_classes)
-        self.head.to(next(self.bert.parameters()).dtype)
-
-    def forward(self, inp: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        pooled = self.bert(input_ids=inp, attention_mask=att, token_type_ids=torch.zeros_like(inp))[1]
-        return self.head(self.drop(pooled))
-
-
-@torch.no_grad()
-def cls_logits(clf: ClsHeadClassifier, ids: list, batch_size: int = 32) -> np.ndarray:
-    """(n, k) logits of :class:`ClsHeadClassifier` in eval mode, batched by length."""
-    was = clf.training
-    clf.eval()
-    out = np.empty((len(ids), clf.head.out_features))
-    types = [[0] * len(x) for x in ids]
-    for idx, inp, _, att in _batches_by_length(ids, types, batch_size):
-        out[idx] = clf(inp, att).double().numpy()
-    clf.train(was)
-    return out
 
 
 # ------------------------------------------------------------------------------- training
@@ -280,35 +247,37 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
                  eval_batch_size: int = 32, seed: int = 0) -> dict:
     """Train one few-shot classifier on ``train`` ((text, label) pairs), early-stopped on ``dev``
     accuracy, and report its ``test`` accuracy. ``head="cls"``: fine-tune all weights with a linear
-    head on [CLS] (:class:`ClsHeadClassifier`). ``head="cloze"``: the ``template`` read by the MLM
+    head on [CLS] (:class:`kexue.bert.heads.ClsHeadClassifier`). ``head="cloze"``: the ``template`` read by the MLM
     head with the verbalizer :data:`LABEL_WORDS` (:func:`cloze_loss`); ``n_prompt`` > 0 adds
     prompt tokens (:func:`attach_prompts`; with ``train_model=False`` only they learn, eq. 1;
     ``lstm`` for the LSTM prompt encoder), ``aux_mlm`` adds the auxiliary MLM loss. The base
-    model is deep-copied, never changed. Returns accuracies, best step, trainable count, seconds
-    ``eval_batch_size``: 32 is ≈ 1.4 × faster than 256 on the 2-core CPU (cache-sized activations)
+    model is deep-copied, never changed; the copy stays on the base model's device. Returns
+    accuracies, best step, trainable count, seconds. ``eval_batch_size``: 32 is ≈ 1.4 × faster than 256 on the 2-core CPU (cache-sized activations)
     (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     t0 = time.perf_counter()
     model = copy.deepcopy(base_model)
     texts, y = [t for t, _ in train], np.array([lab for _, lab in train])
     dev_x, dev_y = [t for t, _ in dev], [lab for _, lab in dev]
     test_x, test_y = [t for t, _ in test], [lab for _, lab in test]
-    vocab = model.config.vocab_size
+    dev_ = device_of(model)
+    pad = tok.pad_token_id
     if head == "cls":
         clf = ClsHeadClassifier(model, seed=seed)
         clf.train()
         enc = lambda xs: tok(list(xs), truncation=True, max_length=max_length)["input_ids"]
         ids, dev_ids = enc(texts), enc(dev_x)
-        loss_on = lambda idx, rng: F.cross_entropy(clf(*pad_batch(ids, idx)), torch.as_tensor(y[idx]))
-        evaluate = lambda: accuracy(cls_logits(clf, dev_ids, eval_batch_size), dev_y)
+        loss_on = lambda idx, rng: F.cross_entropy(clf(*pad_right(ids, idx, pad)),
+                                                   torch.as_tensor(y[idx], device=dev_))
+        evaluate = lambda: accuracy(classifier_logits(clf, dev_ids, eval_batch_size, pad), dev_y)
         params, trainable = list(clf.parameters()), sum(p.numel() for p in clf.parameters())
         out = fit(params, loss_on, len(texts), steps=steps, batch_size=batch_size, lr=lr,
                   evaluate=evaluate, eval_every=eval_every, seed=seed)
-        test_acc = accuracy(cls_logits(clf, enc(test_x), eval_batch_size), test_y)
+        test_acc = accuracy(classifier_logits(clf, enc(test_x), eval_batch_size, pad), test_y)
     elif head == "cloze":
         ptok = tok
         if n_prompt:
             ptok = add_prompt_tokens(tok, n_prompt)
-            pe = attach_prompts(model, n_prompt, train_model=train_model, lstm=lstm, seed=seed)
+            pe = attach_prompts(model, tok, n_prompt, train_model=train_model, lstm=lstm, seed=seed)
             trainable = pe.trainable_count() + (sum(p.numel() for n, p in model.named_parameters()
                                                     if p.requires_grad and "word_embeddings" not in n))
         else:
@@ -318,9 +287,10 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         label_ids = [tok.convert_tokens_to_ids(w) for w in LABEL_WORDS]
         ids, mask_pos, text_from = encode_cloze(ptok, texts, template, max_length)
-        loss_on = lambda idx, rng: cloze_loss(model, *pad_batch(ids, idx), mask_pos, y[idx], label_ids,
+        vocab = vocab_of(ptok)
+        loss_on = lambda idx, rng: cloze_loss(model, *pad_right(ids, idx, pad), mask_pos, y[idx], label_ids,
                                               aux_mlm_from=text_from if aux_mlm else None,
-                                              vocab_size=vocab, rng=rng)
+                                              vocab=vocab, rng=rng)
         score = lambda xs: pet_label_scores(model, ptok, xs, list(LABEL_WORDS), template=template,
                                             max_length=max_length, batch_size=eval_batch_size)
         evaluate = lambda: accuracy(score(dev_x), dev_y)
@@ -419,13 +389,15 @@ def mask_trick_checks(model, tok, data: list, n_prompt: int = 8, max_length: int
     unchanged bit for bit and the model is still in eval mode (https://kexue.fm/archives/8295)."""
     m = copy.deepcopy(model)
     v = model.config.vocab_size
-    pe = attach_prompts(m, n_prompt, seed=seed)
+    pe = attach_prompts(m, tok, n_prompt, seed=seed)
     ptok = add_prompt_tokens(tok, n_prompt)
+    dev = device_of(m)
     texts, y = [t for t, _ in data], np.array([lab for _, lab in data])
     ids, pos, text_from = encode_cloze(ptok, texts, prompt_template(n_prompt // 2, n_prompt - n_prompt // 2),
                                        max_length)
-    inp, att = pad_batch(ids, range(len(ids)))
-    plain = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    inp, att = pad_right(ids, range(len(ids)), tok.pad_token_id)
+    inp, att = inp.to(dev), att.to(dev)
+    plain = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(dev)
     with torch.no_grad():
         same_forward = torch.equal(pe(inp), F.embedding(inp, pe.weight)) and torch.equal(
             m(**plain).prediction_logits, model(**plain).prediction_logits)
@@ -435,7 +407,8 @@ def mask_trick_checks(model, tok, data: list, n_prompt: int = 8, max_length: int
     rng = np.random.default_rng(seed)
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        cloze_loss(m, inp, att, pos, y, label_ids, aux_mlm_from=text_from, vocab_size=v, rng=rng).backward()
+        cloze_loss(m, inp, att, pos, y, label_ids, aux_mlm_from=text_from, vocab=vocab_of(ptok),
+                   rng=rng).backward()
         if step == 0:
             g = pe.weight.grad
             grad_zero_outside = bool((g[:v] == 0).all()) and all(
@@ -513,13 +486,15 @@ def causal_label_logits(lm, inp: torch.Tensor, att: torch.Tensor, slot: torch.Te
     right-padded row: input embeddings from the LM's own table, replaced by ``prompts[code − 1]``
     where ``slot`` > 0; the final hidden state at the last position times the output embedding rows
     of the label words (with the model's final logit soft-capping, if it has one)."""
+    dev = device_of(lm)
+    inp, att, slot = inp.to(dev), att.to(dev), slot.to(dev)
     emb = lm.get_input_embeddings()(inp)
     if prompts is not None and bool((slot > 0).any()):
         emb = torch.where((slot > 0)[..., None], prompts.to(emb.dtype)[(slot - 1).clamp(min=0)], emb)
     hidden = lm.base_model(inputs_embeds=emb, attention_mask=att)[0]
     last = hidden[torch.arange(len(inp)), att.sum(1) - 1]
     out = lm.get_output_embeddings()
-    ids = torch.as_tensor(list(label_ids))
+    ids = torch.as_tensor(list(label_ids), device=dev)
     logits = F.linear(last, out.weight[ids], None if out.bias is None else out.bias[ids])
     cap = getattr(lm.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
@@ -527,7 +502,7 @@ def causal_label_logits(lm, inp: torch.Tensor, att: torch.Tensor, slot: torch.Te
 
 def _slot_batches(ids: list, slots: list, idx, batch_size: int):
     sub_ids, sub_slots = [ids[i] for i in idx], [slots[i] for i in idx]
-    for pos, inp, slot, att in _batches_by_length(sub_ids, sub_slots, batch_size):
+    for pos, inp, slot, att in batches_by_length(sub_ids, sub_slots, batch_size):
         yield np.asarray(idx)[pos], inp, att, slot
 
 
@@ -540,7 +515,7 @@ def causal_label_scores(lm, ids: list, slots: list, label_ids, prompts: torch.Te
     lm.eval()
     out = np.empty((len(ids), len(label_ids)))
     for idx, inp, att, slot in _slot_batches(ids, slots, range(len(ids)), batch_size):
-        out[idx] = torch.log_softmax(causal_label_logits(lm, inp, att, slot, label_ids, prompts).double(), -1).numpy()
+        out[idx] = torch.log_softmax(causal_label_logits(lm, inp, att, slot, label_ids, prompts).double(), -1).cpu().numpy()
     lm.train(was)
     return out
 
@@ -564,7 +539,7 @@ def causal_prompt_init(lm, token_pool: list, n_prompt: int, seed: int) -> torch.
         raise ValueError(f"need at least {n_prompt} distinct tokens to initialise the prompts, got {len(pool)}")
     rows = np.random.default_rng(seed).choice(pool, size=n_prompt, replace=False)
     with torch.no_grad():
-        return lm.get_input_embeddings()(torch.as_tensor(rows)).detach().clone()
+        return lm.get_input_embeddings()(torch.as_tensor(rows, device=device_of(lm))).detach().clone()
 
 
 def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n_left: int = 4,
@@ -592,7 +567,7 @@ def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n
     def loss_on(idx, rng):
         sub, inp, att, slot = next(_slot_batches(ids, slots, idx, len(idx)))   # one padded batch
         logits = causal_label_logits(lm, inp, att, slot, label_ids, prompts)
-        return F.cross_entropy(logits, torch.as_tensor(y[sub]), reduction="sum") / len(idx)
+        return F.cross_entropy(logits, torch.as_tensor(y[sub], device=logits.device), reduction="sum") / len(idx)
 
     evaluate = lambda: accuracy(causal_label_scores(lm, dev_ids, dev_slots, label_ids, prompts, eval_batch_size), dev_y)
     out = fit([prompts], loss_on, len(train), steps=steps, batch_size=batch_size, lr=lr, evaluate=evaluate,

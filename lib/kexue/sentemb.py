@@ -1,6 +1,7 @@
 """Sentence embeddings from a BERT encoder and their evaluation on semantic similarity: pooling,
-BERT-whitening, Spearman correlation, the controls every such number needs (a random-init encoder
-and a plain character-overlap score), and a short CoSENT fine-tune.
+BERT-whitening, Spearman correlation, a plain character-overlap score (the lexical control every
+such number needs, beside the random-init encoder :func:`kexue.models.bert_zh.random_init_like`), and
+a short CoSENT fine-tune. Batching and pooling are :mod:`kexue.bert.batching`'s.
 
 - Whitening: "你可能不需要BERT-flow:一个线性变换媲美BERT-flow", https://kexue.fm/archives/8069
 - CoSENT: "CoSENT(一):比Sentence-BERT更有效的句向量方案", https://kexue.fm/archives/8847
@@ -12,24 +13,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .zeroshot import _batches_by_length
+from .bert.batching import batches_by_length, pool
 
 
 def _bert(model):
     return getattr(model, "bert", model)
-
-
-def _pool(hidden_states, att: torch.Tensor, pooling: str) -> torch.Tensor:
-    m = att.unsqueeze(-1).to(hidden_states[-1].dtype)
-    if pooling == "cls":
-        return hidden_states[-1][:, 0]
-    if pooling == "mean":
-        h = hidden_states[-1]
-    elif pooling == "first_last":
-        h = (hidden_states[1] + hidden_states[-1]) / 2
-    else:
-        raise ValueError("pooling must be 'mean', 'cls' or 'first_last'")
-    return (h * m).sum(1) / m.sum(1)
 
 
 @torch.no_grad()
@@ -44,12 +32,12 @@ def encode(model, tok, sentences: list[str], *, pooling: str = "mean", batch_siz
     was_training = bert.training
     bert.eval()
     dev = next(bert.parameters()).device
-    for idx, inp, typ, att in _batches_by_length(enc["input_ids"], enc["token_type_ids"], batch_size,
-                                                 tok.pad_token_id):
+    for idx, inp, typ, att in batches_by_length(enc["input_ids"], enc["token_type_ids"], batch_size,
+                                                tok.pad_token_id):
         o = bert(input_ids=inp.to(dev), token_type_ids=typ.to(dev), attention_mask=att.to(dev),
                  output_hidden_states=pooling == "first_last")
         hs = o.hidden_states if pooling == "first_last" else (o[0],)
-        out[idx] = _pool(hs, att.to(dev), pooling).double().cpu().numpy()
+        out[idx] = pool(hs, att.to(dev), pooling).double().cpu().numpy()
     bert.train(was_training)
     return out
 
@@ -114,13 +102,6 @@ def char_overlap(s1: list[str], s2: list[str], kind: str = "dice") -> np.ndarray
     return out
 
 
-def random_init_like(model, seed: int = 0):
-    """The control encoder: a fresh ``BertForPreTraining`` with the same config, initialised from
-    ``seed`` (no pre-training at all; research/pilot-bert.md shows it is a strong control)."""
-    from .models.bert_zh import build_model
-    return build_model(model.config, seed)
-
-
 def sts_spearman(model, tok, s1: list[str], s2: list[str], scores, *, pooling: str = "mean",
                  whiten_sentences: list[str] | None = None, dim: int | None = None,
                  **kw) -> dict:
@@ -166,7 +147,7 @@ def cosent_finetune(model, tok, s1: list[str], s2: list[str], scores, *, epochs:
                 enc = tok([side[i] for i in idx], truncation=True, max_length=max_length,
                           padding=True, return_tensors="pt").to(dev)
                 o = bert(**enc)
-                vecs.append(_pool((o[0],), enc["attention_mask"], pooling))
+                vecs.append(pool((o[0],), enc["attention_mask"], pooling))
             cos = torch.nn.functional.cosine_similarity(vecs[0], vecs[1], dim=-1)
             loss = cosent_loss(cos, y[idx].to(dev), scale)
             opt.zero_grad(set_to_none=True)

@@ -19,25 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .bert.batching import batches_by_length
+from .bert.heads import cloze_label_logprobs, nsp_is_next_logprob
+
 THUCNEWS_PROMPT = "这是一则{label}新闻。"
-
-
-def _batches_by_length(ids: list, types: list, batch_size: int, pad_id: int = 0):
-    """Yield (indices, input_ids, token_type_ids, attention_mask), grouping sequences of similar
-    length so that little padding is computed."""
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        width = max(len(ids[i]) for i in idx)
-        inp = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        typ = torch.zeros((len(idx), width), dtype=torch.long)
-        att = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            n = len(ids[i])
-            inp[r, :n] = torch.as_tensor(ids[i])
-            typ[r, :n] = torch.as_tensor(types[i])
-            att[r, :n] = 1
-        yield idx, inp, typ, att
 
 
 @torch.no_grad()
@@ -49,13 +34,9 @@ def nsp_logprob(model, tok, firsts: list[str], seconds: list[str], *, batch_size
     out = np.empty(len(firsts))
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
-    for idx, inp, typ, att in _batches_by_length(enc["input_ids"], enc["token_type_ids"], batch_size,
-                                                 tok.pad_token_id):
-        pooled = model.bert(input_ids=inp.to(dev), token_type_ids=typ.to(dev),
-                            attention_mask=att.to(dev))[1]
-        logits = model.cls.seq_relationship(pooled).double()
-        out[idx] = torch.log_softmax(logits, -1)[:, 0].cpu().numpy()
+    for idx, inp, typ, att in batches_by_length(enc["input_ids"], enc["token_type_ids"], batch_size,
+                                                tok.pad_token_id):
+        out[idx] = nsp_is_next_logprob(model, inp, typ, att).cpu().numpy()
     model.train(was_training)
     return out
 
@@ -100,18 +81,14 @@ def pet_label_scores(model, tok, texts: list[str], labels: list[str], *,
         starts.append(1 + (len(t_ids) if text_first else 0) + len(pre_ids))
         ids.append([tok.cls_token_id] + seq + [tok.sep_token_id])
     types = [[0] * len(x) for x in ids]
-    lab = torch.as_tensor(lab_ids)  # (k, m)
     out = np.empty((len(texts), len(labels)))
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    for idx, inp, typ, att in _batches_by_length(ids, types, batch_size, tok.pad_token_id):
+    for idx, inp, typ, att in batches_by_length(ids, types, batch_size, tok.pad_token_id):
         hidden = model.bert(input_ids=inp.to(dev), token_type_ids=typ.to(dev), attention_mask=att.to(dev))[0]
         pos = torch.as_tensor([starts[i] for i in idx])[:, None] + torch.arange(m)  # (b, m)
-        h = hidden[torch.arange(len(idx))[:, None], pos.to(dev)]  # (b, m, d)
-        logp = torch.log_softmax(model.cls.predictions(h).double(), -1).cpu()  # (b, m, V)
-        # score[b, c] = sum_j logp[b, j, lab[c, j]]
-        out[idx] = logp[:, torch.arange(m)[None, :], lab].sum(-1).numpy()
+        out[idx] = cloze_label_logprobs(model, hidden, pos, lab_ids).cpu().numpy()
     model.train(was_training)
     return out
 

@@ -1,5 +1,6 @@
-"""Tests of kexue.pretrain: masking statistics, NSP pairs, the masked-positions-only MLM loss,
-the stage schedule, checkpoint/resume bit-identity and extension, on synthetic documents."""
+"""Tests of kexue.pretrain (the command): the stage schedule, checkpoint/resume bit-identity,
+re-budgeting and extension, the minutes budget and the log, on synthetic documents. The objective
+itself (masking, NSP pairs, batches, the loss) is tested in test_bert.py."""
 import json
 
 import numpy as np
@@ -8,12 +9,10 @@ import torch
 
 from kexue import pretrain
 from kexue.models import bert_zh
-from kexue.pretrain import PretrainConfig, TokenisedCorpus
+from kexue.pretrain import PretrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-N_SPECIAL = len(bert_zh.SPECIAL_TOKENS)
 
 
 def synthetic_documents(n_docs=60, seed=0):
@@ -23,112 +22,11 @@ def synthetic_documents(n_docs=60, seed=0):
             for _ in range(n_docs)]
 
 
-def disjoint_corpus(seed=0):
-    """Document d uses token ids 1000·(d+1) + position: every token says where it comes from."""
-    rng = np.random.default_rng(seed)
-    tokens, bounds = [], []
-    for d in range(12):
-        lens = rng.integers(1, 9, rng.integers(2, 6))
-        tokens.append(np.arange(sum(lens), dtype=np.int32) + 1000 * (d + 1))
-        bounds.append(np.cumsum([0, *lens]))
-    return TokenisedCorpus(tokens, bounds)
-
-
-def test_mask_statistics_80_10_10_and_never_special():
-    rng = np.random.default_rng(0)
-    V = 50
-    ids = rng.integers(N_SPECIAL, V, (400, 500))
-    special = rng.random(ids.shape) < 0.2
-    ids[special] = rng.integers(0, N_SPECIAL, int(special.sum()))
-    inputs, labels = pretrain.mask_tokens(ids, special, V, N_SPECIAL, rng)
-    sel = labels != -100
-    assert not sel[special].any()
-    assert (inputs[special] == ids[special]).all()
-    assert (labels[sel] == ids[sel]).all()
-    n = (~special).sum()
-    assert abs(sel.sum() / n - 0.15) < 4 * np.sqrt(0.15 * 0.85 / n)
-    k = sel.sum()
-    is_mask = inputs[sel] == pretrain.SPECIAL_ID["[MASK]"]
-    same = inputs[sel] == ids[sel]
-    other = ~is_mask & ~same
-    p_same = 0.1 + 0.1 / (V - N_SPECIAL)  # kept, or replaced by itself
-    for frac, p in ((is_mask.mean(), 0.8), (same.mean(), p_same), (other.mean(), 0.1 - 0.1 / (V - N_SPECIAL))):
-        assert abs(frac - p) < 4 * np.sqrt(p * (1 - p) / k)
-    assert (inputs[sel][other] >= N_SPECIAL).all()  # random replacements are never special tokens
-    assert (inputs[~sel] == ids[~sel]).all()
-
-
-@pytest.mark.parametrize("seq_len", [16, 24, 64])
-def test_nsp_pairs_positive_consecutive_negative_other_document(seq_len):
-    c = disjoint_corpus()
-    rng = np.random.default_rng(1)
-    for _ in range(300):
-        bnd = int(rng.integers(len(c.boundary_doc)))
-        d, p = c.boundary_doc[bnd], c.boundary_pos[bnd]
-        for is_next in (True, False):
-            a, b = pretrain.nsp_pair(c, bnd, is_next, seq_len, rng)
-            assert 1 <= len(a) <= (seq_len - 3) // 2 and len(b) >= 1
-            assert len(a) + len(b) <= seq_len - 3
-            assert (a // 1000 == d + 1).all() and a[-1] % 1000 == p - 1  # A ends at the boundary
-            assert (np.diff(a) == 1).all() and (np.diff(b) == 1).all()
-            if is_next:  # B is the text right after A, in the same document
-                assert b[0] == a[-1] + 1
-                assert len(b) == min(seq_len - 3 - len(a), len(c.tokens[d]) - p)
-            else:  # B starts at a sentence start of another document
-                o = b[0] // 1000 - 1
-                assert o != d and (b // 1000 == o + 1).all()
-                assert b[0] % 1000 in c.bounds[o][:-1]
-
-
-def test_make_batch_layout():
-    c = disjoint_corpus()
-    # ids must fit a vocabulary: remap the positional ids into 5..V-1 keeping A/B structure checks simple
-    rng = np.random.default_rng(3)
-    V = 20000
-    b = pretrain.make_batch(c, 64, 32, V, rng)
-    ids, typ, att, lab, nsp = (b[k].numpy() for k in ("input_ids", "token_type_ids", "attention_mask",
-                                                       "labels", "next_sentence_label"))
-    cls, sep = pretrain.SPECIAL_ID["[CLS]"], pretrain.SPECIAL_ID["[SEP]"]
-    assert (ids[:, 0] == cls).all() and ids.shape[1] <= 32
-    for i in range(64):
-        n = att[i].sum()
-        assert att[i, :n].all() and not att[i, n:].any()
-        seps = np.flatnonzero(ids[i, :n] == sep)
-        assert len(seps) == 2 and seps[1] == n - 1
-        assert (typ[i, :seps[0] + 1] == 0).all() and (typ[i, seps[0] + 1:n] == 1).all()
-        assert (lab[i, [0, *seps]] == -100).all() and (lab[i, n:] == -100).all()
-    assert 0.25 < nsp.mean() < 0.75
-
-
 def micro_config(**kw):
     return PretrainConfig(batch=8, seq_len=24, long_seq_len=32, long_fraction=0.25, warmup=2, log_every=2,
                           peak_matrix=128, calibration_steps=3, threads=1,
                           model=dict(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=32), **kw)
-
-
-def test_masked_only_mlm_loss_equals_full_head_loss_float64():
-    docs = synthetic_documents()
-    v = bert_zh.build_vocab(docs, 1)
-    import tempfile, pathlib
-    with tempfile.TemporaryDirectory() as d:
-        bert_zh.write_vocab(v, pathlib.Path(d))
-        tok = bert_zh.tokenizer(d)
-        c = pretrain.tokenise_documents(docs, tok)
-    cfg = bert_zh.config(len(v), num_hidden_layers=2, hidden_size=16, num_attention_heads=2,
-                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    m = bert_zh.build_model(cfg, 0).double()
-    batch = pretrain.make_batch(c, 16, 32, len(v), np.random.default_rng(0))
-    fast = pretrain.pretraining_loss(m, batch)
-    full = m(**batch)  # HF: MLM head on every position, CE ignoring -100, + NSP CE
-    assert torch.allclose(fast["loss"], full.loss, rtol=0, atol=1e-12)
-    lab = batch["labels"]
-    ref = torch.nn.functional.cross_entropy(full.prediction_logits[lab != -100], lab[lab != -100])
-    assert torch.allclose(fast["mlm_loss"], ref, rtol=0, atol=1e-12)
-    # gradients agree too
-    g1 = torch.autograd.grad(fast["loss"], m.bert.embeddings.word_embeddings.weight)[0]
-    g2 = torch.autograd.grad(m(**batch).loss, m.bert.embeddings.word_embeddings.weight)[0]
-    assert torch.allclose(g1, g2, atol=1e-12)
 
 
 def test_stage_schedule():

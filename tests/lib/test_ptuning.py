@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from kexue import ptuning as P
 from kexue import zeroshot
+from kexue.bert import heads, objective
+from kexue.bert.batching import pad_right
 from kexue.models import bert_zh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,7 +66,7 @@ def test_prompt_tokens_added_to_a_copy(micro):
 def _prompted(micro, **kw):
     model, tok = micro
     m = copy.deepcopy(model)
-    pe = P.attach_prompts(m, N_PROMPT, seed=1, **kw)
+    pe = P.attach_prompts(m, tok, N_PROMPT, seed=1, **kw)
     return m, P.add_prompt_tokens(tok, N_PROMPT), pe
 
 
@@ -86,8 +88,8 @@ def test_prompt_embedding_forward_identical_to_plain_lookup(micro):
 def _loss(m, ptok, tok, template, texts=TEXTS, labels=LABELS, aux=False, seed=0):
     ids, pos, text_from = P.encode_cloze(ptok, texts, template, 40)
     label_ids = [tok.convert_tokens_to_ids(w) for w in P.LABEL_WORDS]
-    return P.cloze_loss(m, *P.pad_batch(ids, range(len(texts))), pos, np.array(labels), label_ids,
-                        aux_mlm_from=text_from if aux else None, vocab_size=len(tok),
+    return P.cloze_loss(m, *pad_right(ids, range(len(texts))), pos, np.array(labels), label_ids,
+                        aux_mlm_from=text_from if aux else None, vocab=objective.vocab_of(ptok),
                         rng=np.random.default_rng(seed))
 
 
@@ -114,7 +116,7 @@ def test_frozen_weights_unchanged_after_training_steps(micro):
     ids, pos, _ = P.encode_cloze(ptok, TEXTS, P.prompt_template(), 40)
     label_ids = [tok.convert_tokens_to_ids(w) for w in P.LABEL_WORDS]
     y = np.array(LABELS)
-    loss_on = lambda idx, rng: P.cloze_loss(m, *P.pad_batch(ids, idx), pos, y[idx], label_ids)
+    loss_on = lambda idx, rng: P.cloze_loss(m, *pad_right(ids, idx), pos, y[idx], label_ids)
     P.fit(list(m.parameters()), loss_on, len(TEXTS), steps=5, batch_size=4, lr=0.1,
           evaluate=lambda: 0.0, eval_every=100)  # one evaluation (the last step): its params stay
     assert not m.training                                    # eval mode: dropout off
@@ -167,22 +169,26 @@ def test_corrupt_text_only_touches_the_text(micro):
     ptok = P.add_prompt_tokens(tok, N_PROMPT)
     ids, pos, text_from = P.encode_cloze(ptok, TEXTS * 20, P.prompt_template(), 40)
     assert pos == 5 and text_from == 10
-    inp, att = P.pad_batch(ids, range(len(ids)))
-    out, lab = P.corrupt_text(inp, text_from, len(tok), np.random.default_rng(0))
-    sel = lab != P.IGNORE
+    inp, att = pad_right(ids, range(len(ids)))
+    vocab = objective.vocab_of(ptok)
+    assert vocab.n_special == 5 + N_PROMPT and vocab.ordinary_ids.tolist() == list(range(5, len(tok)))
+    out, lab = P.corrupt_text(inp, text_from, vocab, np.random.default_rng(0))
+    sel = lab != objective.IGNORE
+    n_special = len(bert_zh.SPECIAL_TOKENS)
     assert torch.equal(out[:, :text_from], inp[:, :text_from])
-    assert not sel[:, :text_from].any() and not sel[inp < P.N_SPECIAL].any()
+    assert not sel[:, :text_from].any() and not sel[inp < n_special].any()
     assert torch.equal(lab[sel], inp[sel])
-    frac = sel.sum().item() / ((inp >= P.N_SPECIAL).sum().item() - len(ids) * (text_from - 1))
+    assert ((out[sel] >= n_special) & (out[sel] < len(tok)) | (out[sel] == tok.mask_token_id)).all()
+    frac = sel.sum().item() / ((inp >= n_special).sum().item() - len(ids) * (text_from - 1))
     assert 0.08 < frac < 0.22
     assert (out[sel] == tok.mask_token_id).float().mean() > 0.6
 
 
-def test_cls_logits_match_slow_loop(micro):
+def test_classifier_logits_match_slow_loop(micro):
     model, tok = micro
-    clf = P.ClsHeadClassifier(copy.deepcopy(model), seed=0).double()
+    clf = heads.ClsHeadClassifier(copy.deepcopy(model), seed=0).double()
     ids = tok(TEXTS)["input_ids"]
-    fast = P.cls_logits(clf, ids, batch_size=4)
+    fast = heads.classifier_logits(clf, ids, batch_size=4)
     clf.eval()
     with torch.no_grad():
         slow = np.stack([clf(torch.tensor([x]), torch.ones(1, len(x), dtype=torch.long))[0].numpy() for x in ids])

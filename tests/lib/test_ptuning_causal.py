@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from kexue import ptuning as P
 from kexue import zeroshot
+from kexue.bert.batching import pad_right
 from kexue.data import MissingDataError
 from kexue.models import gemma
 
@@ -97,8 +98,8 @@ def test_gradient_reaches_only_the_prompts(tiny):
     label_ids = P.single_token_ids(tok, P.LABEL_WORDS)
     ids, slots = P.encode_causal(tok, TEXTS, n_left=2, n_right=2, max_length=64)
     prompts = torch.nn.Parameter(torch.randn(4, lm.config.hidden_size, dtype=torch.float64) * 0.1)
-    inp, att = P.pad_batch(ids, range(len(ids)))
-    slot, _ = P.pad_batch(slots, range(len(ids)))
+    inp, att = pad_right(ids, range(len(ids)))
+    slot, _ = pad_right(slots, range(len(ids)))
     F.cross_entropy(P.causal_label_logits(lm, inp, att, slot, label_ids, prompts), torch.as_tensor(LABELS)).backward()
     assert (prompts.grad.abs().sum(1) > 0).all()
     assert all(p.grad is None for p in lm.parameters())

@@ -83,7 +83,7 @@ def test_sts_spearman_and_controls(model_tok):
     m, tok = model_tok
     r = sentemb.sts_spearman(m, tok, S1, S2, Y, whiten_sentences=S1 + S2, dim=4)
     assert set(r) == {"raw", "whitened"} and all(-1 <= v <= 1 for v in r.values())
-    ctrl = sentemb.random_init_like(m, seed=5)
+    ctrl = bert_zh.random_init_like(m, seed=5)
     assert ctrl.config.hidden_size == m.config.hidden_size
     assert not torch.equal(ctrl.bert.embeddings.word_embeddings.weight.double(),
                            m.bert.embeddings.word_embeddings.weight)
@@ -91,7 +91,7 @@ def test_sts_spearman_and_controls(model_tok):
 
 def test_cosent_finetune_lowers_the_loss(model_tok):
     m, tok = model_tok
-    m = sentemb.random_init_like(m, seed=0)
+    m = bert_zh.random_init_like(m, seed=0)
     losses = sentemb.cosent_finetune(m, tok, S1, S2, Y, epochs=12, batch_size=5, lr=1e-3)
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * losses[0]
     assert not m.training

@@ -14,10 +14,11 @@ into single characters by WordPiece, which is why the vocabulary holds ``##c`` f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
+
+from ..data.sources import sha256_file
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DEFAULT_DIR = Path(__file__).resolve().parent / "bert-zh"
@@ -116,6 +117,13 @@ def build_model(cfg, seed: int = 0):
     return model
 
 
+def random_init_like(model, seed: int = 0):
+    """The control network: a fresh ``BertForPreTraining`` with ``model``'s config, initialised from
+    ``seed`` (no pre-training at all), in eval mode on ``model``'s device; the "same model at random
+    initialisation" of the chapters ``nsp-zero-shot`` and ``p-tuning`` (https://kexue.fm/archives/8671)."""
+    return build_model(model.config, seed).to(next(model.parameters()).device).eval()
+
+
 def matmul_params(cfg) -> int:
     """Weights that take part in a matmul per token in the encoder: per layer 4·d² (Q, K, V, O) +
     2·d·d_ff (FFN), plus the pooler d²; embeddings are look-ups and excluded."""
@@ -137,14 +145,6 @@ def _quiet_transformers() -> None:
     """No progress bars from transformers' save/load (they would fill notebook outputs)."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_checksums(folder) -> Path:
@@ -195,14 +195,15 @@ def save(model, vocab_path, folder, *, train_config: dict | None = None) -> Path
     return folder
 
 
-def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, **kwargs):
+def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, device=None, **kwargs):
     """Load the book's Chinese BERT as ``(BertForPreTraining, tokenizer)`` (or the model only with
     ``with_tokenizer=False``).
 
     ``path``: a local folder (default ``lib/kexue/models/bert-zh/``, shipped with the book), or a hub
     model id, which goes through the same ``from_pretrained`` where a network exists. A local folder's
     ``sha256`` file is verified first. Missing weights raise :class:`MissingWeightsError` naming the
-    command that pre-trains them. ``kwargs`` go to ``from_pretrained`` (e.g. ``hidden_dropout_prob``)
+    command that pre-trains them. ``device`` (e.g. the one :func:`kexue.setup` returns): where the model
+    is put (default: the CPU). ``kwargs`` go to ``from_pretrained`` (e.g. ``hidden_dropout_prob``)
     (https://kexue.fm/archives/8671, chapters on NSP zero-shot, PET, whitening and CoSENT)."""
     from transformers import AutoTokenizer, BertForPreTraining
 
@@ -224,6 +225,8 @@ def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, **kwarg
     else:  # a hub id: only where a network exists
         model = BertForPreTraining.from_pretrained(str(path), **kwargs)
         tok = AutoTokenizer.from_pretrained(str(path)) if with_tokenizer else None
+    if device is not None:
+        model.to(device)
     model.eval()
     return (model, tok) if with_tokenizer else model
 
