@@ -241,7 +241,7 @@ def require_registered(slug: str, scale: str, path: Path | None = None) -> dict:
         if state["status"] == "missing":
             raise RegistrationError(
                 f"{slug}: no {path.name} beside the notebook: register the chapter's claims there and "
-                "commit that file alone before a full run (README.md, "How a chapter is scored")")
+                "commit that file alone before a full run (README.md, 'How a chapter is scored')")
         if state["status"] == "uncommitted":
             raise RegistrationError(
                 f"{slug}: {state['file']} has uncommitted changes: commit the registration in its "

@@ -90,3 +90,33 @@ def test_large_record_is_shown_validated_and_flagged_when_stale(tmp_path):
     large.write_text(json.dumps(rec))
     row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
     assert row.large is None and any("large record: scale" in p for p in row.problems)
+
+
+def test_registered_record_counts_kinds_apart(tmp_path):
+    """Article claims, extensions and implementation checks are counted apart; the verdict follows
+    the article claims; the registration date shows beside the run date."""
+    from kexue.results import Claim
+    root = mini_book(tmp_path)
+    res = Results("bert-init-std", scale="full")
+    res.registration = {"status": "committed", "file": "x.claims.yml", "commit": "ab" * 20,
+                        "date": "2026-12-01T10:00:00+00:00"}
+    res._registered_text = "claims: []"
+    res.claims = {"A1": Claim("A1", "a", "m1", (">=", 1), kind="article"),
+                  "A2": Claim("A2", "b", "m2", (">=", 1), kind="article"),
+                  "E1": Claim("E1", "e", "m3", (">=", 1), kind="extension")}
+    res.check("A1", 2)
+    res.check("A2", 0)
+    res.check("E1", 2)
+    res.implementation_check("parity", True)
+    res.compare("the number", "s", article="1", ours=2, key=True)
+    rec = res.record()
+    rec["code_hash"] = book.code_hash(root / "chapters" / "01-signal-propagation" / "bert-init-std.ipynb")
+    (root / "results").mkdir()
+    (root / "results" / "bert-init-std.json").write_text(json.dumps(rec))
+    row = {r.slug: r for r in build_rows(root)}["bert-init-std"]
+    assert row.registered and row.held == (1, 2) and row.extensions == (1, 1) and row.checks == (1, 1)
+    assert row.record["verdict"] == "partly reproduced"
+    page = render_html(build_rows(root))
+    assert "registered 2026-12-01" in page and "1 / 1 passing" in page
+    s = summary(build_rows(root))
+    assert (s["article claims held"], s["article claims tested"], s["extensions held"]) == (1, 2, 1)
