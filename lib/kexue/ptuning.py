@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import stats
 from .bert.batching import batches_by_length, pad_right
 from .bert.heads import ClsHeadClassifier, classifier_logits, device_of, label_word_logits
 from .bert.objective import IGNORE, Vocab, mask_tokens, vocab_of
@@ -359,12 +360,19 @@ def few_shot_grid(models: dict, tok, train: list, dev: list, test: list, methods
 
 
 def summarise(rows: list[dict], key: str = "test_acc") -> dict:
-    """{(method, fraction): (mean, sample std, n)} of ``key`` over seeds (std 0 for one seed)."""
+    """{(method, fraction): (mean, sample std, n)} of ``key`` over seeds (:func:`kexue.stats.mean_sd`,
+    ddof 1: NaN for one seed) (chapter ``p-tuning``)."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["method"], r["fraction"]), []).append(r[key])
-    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-            for k, v in groups.items()}
+    return {k: (*stats.mean_sd(v), len(v)) for k, v in groups.items()}
+
+
+def per_seed(rows: list[dict], method: str, fraction: float, key: str = "test_acc") -> np.ndarray:
+    """``key`` of ``method`` at ``fraction`` for each seed, in seed order (the paired values of a
+    per-seed comparison) (chapter ``p-tuning``)."""
+    got = sorted((r["seed"], r[key]) for r in rows if r["method"] == method and r["fraction"] == fraction)
+    return np.array([v for _, v in got], dtype=np.float64)
 
 
 def zero_shot_accuracy(model, tok, data: list, template: str, max_length: int = 128,

@@ -8,8 +8,8 @@
 - The chapter's protocol: every prompt variant (:class:`PromptVariant`) is scored on a dev subset
   (:func:`sweep_variants`), the best per method and scoring is chosen there and only then scored on
   test (:func:`select_and_test`); a few-shot logistic regression on the model's features is the
-  supervised reference (:func:`few_shot_accuracies`); :func:`paired_bootstrap_diff` puts an interval
-  on the difference of two classifiers evaluated on the same test items.
+  supervised reference (:func:`few_shot_accuracies`); :func:`stronger_control` picks the control a
+  claim must beat (intervals: :mod:`kexue.stats`).
 Used by the chapter ``nsp-zero-shot`` and by the pre-training evaluations of :mod:`kexue.pretrain`.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import stats
 from .bert.batching import batches_by_length
 from .bert.heads import cloze_label_logprobs, nsp_is_next_logprob
 
@@ -107,8 +108,9 @@ def calibrate(scores: np.ndarray, reference: np.ndarray | None = None) -> np.nda
 
 
 def accuracy(scores: np.ndarray, labels) -> float:
-    """Fraction of rows whose argmax equals the gold label index."""
-    return float((np.asarray(scores).argmax(1) == np.asarray(labels)).mean())
+    """Fraction of rows whose argmax equals the gold label index (:func:`kexue.stats.accuracy` of the
+    argmax predictions)."""
+    return stats.accuracy(np.asarray(scores).argmax(1), labels)
 
 
 def stratified_subsample(labels, per_class: int, seed: int = 0) -> np.ndarray:
@@ -256,14 +258,30 @@ def few_shot_accuracies(encode, train_texts: list[str], train_labels, test_featu
     return out
 
 
-def paired_bootstrap_diff(correct_a, correct_b, n_boot: int = 2000, seed: int = 0,
-                          level: float = 0.95) -> tuple[float, float, float]:
-    """Accuracy difference of two classifiers on the same items, mean(a) − mean(b), and a
-    percentile bootstrap interval: resample the items with replacement ``n_boot`` times (same
-    indices for both) and take the (1−level)/2 and (1+level)/2 quantiles of the resampled
-    differences (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
-    d = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    boots = d[idx].mean(1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return float(d.mean()), float(lo), float(hi)
+def dev_table_rows(dev_rows: list[dict], control_rows: list[dict] | None = None) -> list[list[str]]:
+    """One table row per prompt variant of a dev sweep (:func:`sweep_variants`): method, prompt, order,
+    raw and calibrated dev accuracy of ``dev_rows`` and (where the variant is among them) of
+    ``control_rows`` (e.g. the random-init network; "—" elsewhere); ★ marks the variant
+    :func:`best_row` chooses for each method and scoring (https://kexue.fm/archives/8671, chapter
+    ``nsp-zero-shot``)."""
+    def cell(rows, r, sc):
+        return f"{r[sc]:.3f}" + (" ★" if best_row(rows, r["variant"].method, sc) is r else "")
+
+    ctrl = {r["variant"]: r for r in (control_rows or [])}
+    out = []
+    for r in dev_rows:
+        v = r["variant"]
+        c = ctrl.get(v)
+        out.append([v.method.upper(), v.name.split(" · ")[1], v.order, cell(dev_rows, r, "raw"),
+                    cell(dev_rows, r, "calibrated"),
+                    *((cell(control_rows, c, sc) if c is not None else "—") for sc in ("raw", "calibrated"))])
+    return out
+
+
+def stronger_control(controls: dict) -> tuple[str, np.ndarray]:
+    """(name, per-item correctness) of the control with the highest accuracy among ``controls`` =
+    {name: per-item 0/1 correctness on the same test items}; on a tie the first listed. The claim
+    "method beats the controls" is then tested against this one, the most favourable to the
+    controls (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
+    name = max(controls, key=lambda k: float(np.mean(controls[k])))
+    return name, np.asarray(controls[name], dtype=np.float64)

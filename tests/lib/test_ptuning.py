@@ -244,6 +244,8 @@ def test_few_shot_grid_reuses_rows_and_summarises(micro):
     s = P.summarise(rows)
     vals = [r["test_acc"] for r in rows if r["method"] == "pt"]
     assert s[("pt", 0.2)] == (pytest.approx(np.mean(vals)), pytest.approx(np.std(vals, ddof=1)), 2)
+    shuffled = [rows[3], rows[0], rows[2], rows[1]]
+    assert P.per_seed(shuffled, "pt", 0.2).tolist() == vals           # seed order, whatever the row order
 
 
 def test_mask_trick_checks_all_pass_on_micro_model(micro):

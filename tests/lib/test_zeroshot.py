@@ -220,13 +220,13 @@ def test_few_shot_accuracies_match_slow_loop():
     assert min(out[5]) >= 0.5  # class 0 is separable by the first feature
 
 
-def test_paired_bootstrap_diff_matches_loop():
-    rng = np.random.default_rng(0)
-    a, b = rng.random(60) < 0.7, rng.random(60) < 0.4
-    mean, lo, hi = zeroshot.paired_bootstrap_diff(a, b, n_boot=300, seed=5)
-    draws = np.random.default_rng(5).integers(0, 60, size=(300, 60))
-    diffs = [np.mean([float(a[i]) - float(b[i]) for i in row]) for row in draws]
-    assert mean == pytest.approx(a.mean() - b.mean())
-    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
-    assert lo < mean < hi
-    assert zeroshot.paired_bootstrap_diff(a, a) == (0.0, 0.0, 0.0)
+def test_stronger_control_and_dev_table_rows():
+    name, c = zeroshot.stronger_control({"majority": [1, 0, 0, 1], "random": [1, 1, 0, 1], "tie": [1, 1, 0, 1]})
+    assert name == "random" and c.tolist() == [1.0, 1.0, 0.0, 1.0]
+    v1 = zeroshot.PromptVariant("nsp", "这是{}。", ("甲", "乙"), "first")
+    v2 = zeroshot.PromptVariant("nsp", "{}", ("甲", "乙"), "second")
+    rows = [{"variant": v1, "raw": 0.5, "calibrated": 0.7}, {"variant": v2, "raw": 0.6, "calibrated": 0.7}]
+    ctrl = [{"variant": v2, "raw": 0.1, "calibrated": 0.2}]
+    t = zeroshot.dev_table_rows(rows, ctrl)
+    assert t[0] == ["NSP", "这是{甲/乙}。", "first", "0.500", "0.700 ★", "—", "—"]
+    assert t[1][3:] == ["0.600 ★", "0.700", "0.100 ★", "0.200 ★"]
