@@ -19,6 +19,7 @@ from scipy import stats as sstats
 
 import kexue.shuffle as ks
 from kexue.shuffle import ShuffleError, shuffle_files
+from kexue.shuffle import core as ksc  # the internals that tests reach into or patch
 
 CLI = [sys.executable, "-m", "kexue.shuffle"]
 SLOW = bool(os.environ.get("KEXUE_SLOW_TESTS"))  # 1: the statistical tests use 2-5x more runs
@@ -73,7 +74,7 @@ def tiny_budget(monkeypatch):
     """Make every line cost 1000 bytes, so a few short lines overflow a 4 KiB budget: the scatter,
     the re-split of an overfull bucket and the chunk merges all run on inputs small enough to
     enumerate."""
-    monkeypatch.setattr(ks, "LINE_OVERHEAD", 1000)
+    monkeypatch.setattr(ksc, "LINE_OVERHEAD", 1000)
     return 4096
 
 
@@ -91,11 +92,11 @@ def test_fingerprint_matches_reference(tmp_path):
     lines = [b"a", b"", b"a", b"\xff\xfe", b"x" * 50]
     p = write(tmp_path, "f", b"\n".join(lines) + b"\n")
     fp = ks.multiset_fingerprint(p)
-    hs = [hash(x) & ks._MASK64 for x in lines]
+    hs = [hash(x) & ksc._MASK64 for x in lines]
     xor = 0
     for h in hs:
         xor ^= h
-    assert (fp.n_lines, fp.n_bytes, fp.hsum, fp.hxor) == (5, os.path.getsize(p), sum(hs) & ks._MASK64, xor)
+    assert (fp.n_lines, fp.n_bytes, fp.hsum, fp.hxor) == (5, os.path.getsize(p), sum(hs) & ksc._MASK64, xor)
     q = write(tmp_path, "g", b"\n".join(reversed(lines)) + b"\n")
     assert ks.multiset_fingerprint(q).same_multiset(fp)
     r = write(tmp_path, "h", b"\n".join(lines[:-1] + [b"x" * 49 + b"y"]) + b"\n")  # same length, one byte
@@ -123,7 +124,7 @@ def test_line_reader_matches_split(data, piece, huge):
     with tempfile.NamedTemporaryFile() as f:
         f.write(data)
         f.flush()
-        reader = ks._LineReader([f.name], piece, huge, Sink)
+        reader = ksc._LineReader([f.name], piece, huge, Sink)
         got = []
         for lines, hug in reader:
             got += lines + hug
@@ -263,8 +264,8 @@ def test_refusals(tmp_path):
 def test_not_enough_disk_detected_before_work(tmp_path, monkeypatch):
     src = tmp_path / "in"
     ks.make_test_file(src, 2000)
-    real = ks.shutil.disk_usage
-    monkeypatch.setattr(ks.shutil, "disk_usage",
+    real = ksc.shutil.disk_usage
+    monkeypatch.setattr(ksc.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=os.path.getsize(src) // 2))
     with pytest.raises(ShuffleError, match="not enough free disk space"):
         shuffle_files(src, tmp_path / "o", mem="64K")
@@ -274,14 +275,14 @@ def test_not_enough_disk_detected_before_work(tmp_path, monkeypatch):
 def test_verify_catches_a_changed_line(tmp_path, monkeypatch):
     """Flip one byte of one line (same length): only the hash part of the fingerprint can see it."""
     src = write(tmp_path, "in", b"".join(b"line %03d\n" % i for i in range(300)))
-    real = ks._emit_shuffled
+    real = ksc._emit_shuffled
 
     def corrupt(writer, lines, huge, rng):
         if lines:
             lines[0] = lines[0][:-1] + b"#"
         return real(writer, lines, huge, rng)
 
-    monkeypatch.setattr(ks, "_emit_shuffled", corrupt)
+    monkeypatch.setattr(ksc, "_emit_shuffled", corrupt)
     with pytest.raises(ShuffleError, match="verification failed"):
         shuffle_files(src, tmp_path / "o", mem="4K", verify=True, seed=0)
     assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
@@ -304,7 +305,7 @@ def test_exactly_uniform_over_all_permutations(fast_dir, tiny_budget, monkeypatc
     also with the subset sampler used past numpy's 10^9-line hypergeometric limit)."""
     mode_id = mode
     if mode == "merge-big-urn":
-        monkeypatch.setattr(ks, "_MVHG_LIMIT", 0)
+        monkeypatch.setattr(ksc, "_MVHG_LIMIT", 0)
         mode = "merge"
     n, runs = 4, (2400 if SLOW else {"fair": 1200, "merge": 720}[mode] if "big" not in mode_id else 480)
     counts = perm_counts(fast_dir, n, runs, mem=tiny_budget, mode=mode)
@@ -318,7 +319,7 @@ def test_exactly_uniform_over_all_permutations(fast_dir, tiny_budget, monkeypatc
 def test_urn_counts_big_total_matches_hypergeometric():
     rng = np.random.default_rng(0)
     rem = np.array([3, 5, 2])
-    draws = np.array([ks._urn_counts(rng, rem, 4) for _ in range(4000)])
+    draws = np.array([ksc._urn_counts(rng, rem, 4) for _ in range(4000)])
     assert (draws.sum(1) == 4).all() and (draws <= rem).all()
     exact = rng.multivariate_hypergeometric(rem, 4, size=4000)
     for c in range(3):  # same marginal law as numpy's sampler (two-sample chi-square on counts)
@@ -326,7 +327,7 @@ def test_urn_counts_big_total_matches_hypergeometric():
         table = np.array(table)[:, np.array(table).sum(0) > 0]
         assert sstats.chi2_contingency(table).pvalue > 1e-3
     big = np.array([3 * 10**9, 10**9, 5])
-    got = ks._urn_counts(rng, big, 10_000)
+    got = ksc._urn_counts(rng, big, 10_000)
     assert got.sum() == 10_000 and abs(got[0] / 10_000 - 0.75) < 0.03
 
 
@@ -387,7 +388,7 @@ file_st = st.tuples(st.lists(line_st, max_size=25), st.booleans()).map(
        overhead=st.sampled_from([80, 400, 2000]), seed=st.integers(0, 2**32 - 1),
        mode=st.sampled_from(ks.MODES), split=st.one_of(st.none(), st.integers(1, 7)))
 def test_property_output_is_a_permutation(tmp_path, monkeypatch, files, mem, overhead, seed, mode, split):
-    monkeypatch.setattr(ks, "LINE_OVERHEAD", overhead)
+    monkeypatch.setattr(ksc, "LINE_OVERHEAD", overhead)
     srcs = [write(tmp_path, f"in{i}", d) for i, d in enumerate(files)]
     out = tmp_path / "out"
     st_ = shuffle_files(srcs, out, mem=mem, seed=seed, mode=mode, split_lines=split, verify=True)
@@ -520,7 +521,7 @@ def test_error_mid_run_removes_temporary_files(tmp_path, monkeypatch):
     src = tmp_path / "in"
     ks.make_test_file(src, 20_000, seed=3)
     before = src.read_bytes()
-    real, calls = ks._append_files, []
+    real, calls = ksc._append_files, []
 
     def failing(paths, bufs):
         calls.append(1)
@@ -528,7 +529,7 @@ def test_error_mid_run_removes_temporary_files(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(paths, bufs)
 
-    monkeypatch.setattr(ks, "_append_files", failing)
+    monkeypatch.setattr(ksc, "_append_files", failing)
     for mode in ("fair", "merge"):
         calls.clear()
         with pytest.raises(OSError, match="No space"):
@@ -600,6 +601,13 @@ def test_output_positions_and_order_frequencies(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_importing_the_package_imports_no_torch():
+    r = subprocess.run([sys.executable, "-c", "import kexue.shuffle, sys; assert 'torch' not in sys.modules"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ks.main is ks.cli.main and ks.shuffle_files is ksc.shuffle_files
+
+
 def test_compare_tools_and_profile(tmp_path):
     src = tmp_path / "in"
     ks.make_test_file(src, 3000, seed=5)
@@ -609,6 +617,6 @@ def test_compare_tools_and_profile(tmp_path):
         assert r["correct"] and r["seconds"] > 0 and r["peak_rss"] > 0
         assert r["MBps"] == pytest.approx(os.path.getsize(src) / 1e6 / r["seconds"])
     text, st = ks.profile_shuffle(src, tmp_path / "o", "64K", top=5, seed=0)
-    assert "ncalls" in text and "shuffle.py" in text and os.sep + "kexue" + os.sep not in text
+    assert "ncalls" in text and "core.py" in text and os.sep + "kexue" + os.sep not in text
     assert st.n_lines == 3000 and st.n_buckets > 1
     assert sorted(os.listdir(tmp_path)) == ["in", "o"]
