@@ -164,15 +164,15 @@ class PathKernelRecorder:
     ``record(lr, G_probe, G_train, dloss, batch)`` adds one step; with a minibatch only the indices in
     ``batch`` enter (SGD). https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
 
-    def __init__(self, n_probe: int, n_train: int, dtype=torch.float64):
-        self.path_K = torch.zeros(n_probe, n_train, dtype=dtype)
-        self.path_alphaK = torch.zeros(n_probe, n_train, dtype=dtype)
-        self.alpha_sum = torch.zeros(n_train, dtype=dtype)
+    def __init__(self, n_probe: int, n_train: int, dtype=torch.float64, device=None):
+        self.path_K = torch.zeros(n_probe, n_train, dtype=dtype, device=device)
+        self.path_alphaK = torch.zeros(n_probe, n_train, dtype=dtype, device=device)
+        self.alpha_sum = torch.zeros(n_train, dtype=dtype, device=device)
         self.steps = 0
 
     def record(self, lr: float, g_probe: torch.Tensor, g_train: torch.Tensor, dloss: torch.Tensor,
                batch: torch.Tensor | None = None) -> None:
-        idx = torch.arange(g_train.shape[0]) if batch is None else batch
+        idx = torch.arange(g_train.shape[0], device=g_train.device) if batch is None else batch
         k_t = g_probe @ g_train[idx].T                       # K_t(X, x_i) for i in the batch
         self.path_K[:, idx] += lr * k_t
         self.path_alphaK[:, idx] += lr * (-dloss[idx]) * k_t
@@ -190,7 +190,10 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
     l'_i ∇f(x_i) = θ_t - η G_train[B]ᵀ l'[B], the exact gradient of the summed loss.
     ``batch_size=None`` is full-batch GD. Returns f0_probe, fT_probe (= β and the network after
     T steps), the recorder's sums, K0/KT (probe × train kernels at θ_0, θ_T), K0_train/KT_train
-    (train × train) and the train-loss history.
+    (train × train), the train-loss history and ``alpha_t`` [T, n], the loss derivatives
+    α_{θ(t),i} = -l'_i(t) of every training point at every step (all points, also under SGD).
+    Everything runs on the device of ``x_train`` (move the model there first); the minibatches are
+    drawn on the CPU from ``seed``, so they do not depend on the device.
 
     ``x_eval`` (optional, many points): only the *sum* over i of eq. (3) is kept there, through one
     forward-mode product per step, Σ_i η(-l'_i) K_t(x, x_i) = ∇f_t(x)·(θ_{t+1} - θ_t) (``jvp``), so
@@ -201,9 +204,10 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
     gen = torch.Generator().manual_seed(seed)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     shapes = [(k, v.shape, v.numel()) for k, v in params.items()]
-    rec = PathKernelRecorder(x_probe.shape[0], n, dtype=x_train.dtype)
+    device = x_train.device
+    rec = PathKernelRecorder(x_probe.shape[0], n, dtype=x_train.dtype, device=device)
     xs = torch.cat([x_train, x_probe])
-    losses = []
+    losses, alpha_t = [], []
     out = {}
 
     def unflatten(vec):
@@ -218,7 +222,7 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
 
     if x_eval is not None:
         params0 = dict(params)
-        eval_sum = torch.zeros(x_eval.shape[0], dtype=x_train.dtype)
+        eval_sum = torch.zeros(x_eval.shape[0], dtype=x_train.dtype, device=device)
     for t in range(steps + 1):
         g_all, f_all = per_sample_grads_and_outputs(model, xs, params, chunk_size=chunk_size)
         g_train, g_probe, f_train = g_all[:n], g_all[n:], f_all[:n]
@@ -233,9 +237,10 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
             out["KT_train"] = g_train @ g_train.T
             break
         dloss = loss_derivative(loss, f_train, y_train)
-        batch = None if batch_size is None else torch.randperm(n, generator=gen)[:batch_size]
+        alpha_t.append(-dloss)
+        batch = None if batch_size is None else torch.randperm(n, generator=gen)[:batch_size].to(device)
         rec.record(lr, g_probe, g_train, dloss, batch)
-        idx = torch.arange(n) if batch is None else batch
+        idx = torch.arange(n, device=device) if batch is None else batch
         step = lr * (g_train[idx].T @ dloss[idx])
         if x_eval is not None:
             f_eval, inc = eval_jvp(params, -step)
@@ -247,7 +252,8 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
         for k, p in model.named_parameters():
             p.copy_(params[k])
     out.update(path_K=rec.path_K, path_alphaK=rec.path_alphaK, alpha_sum=rec.alpha_sum,
-               train_loss=np.array(losses), steps=steps, lr=lr)
+               train_loss=np.array(losses), steps=steps, lr=lr,
+               alpha_t=torch.stack(alpha_t) if alpha_t else torch.zeros(0, n, dtype=x_train.dtype, device=device))
     if x_eval is not None and steps > 0:
         with torch.no_grad():
             out["eval_fT"] = model(x_eval)
@@ -268,6 +274,35 @@ def kernel_machine_predict(beta: torch.Tensor, path_K: torch.Tensor, alpha: torc
     x-dependent weights or (n_train,) for x-independent ones (an SVM-like machine).
     https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
     return beta + (alpha * path_K).sum(-1)
+
+
+def x_dependence(path_K: torch.Tensor, path_alphaK: torch.Tensor, alpha_t: torch.Tensor) -> dict:
+    """How much the kernel-machine weights α_i(x) (eq. 4) depend on the input x, over a probe set X.
+
+    For each training point i the probes are weighted by w_a = |K(X_a, x_i)| / Σ_a |K(X_a, x_i)| (a
+    pair with a tiny path kernel has an ill-defined α_i(x) and barely enters f̂). Returns
+    ``alpha_fixed`` [n] the w-weighted mean of α_i(x) over the probes (x-independent weights, an
+    SVM-like machine), ``spread_x`` [n] the w-weighted sd of α_i(x) over the probes, ``spread_t`` [n]
+    the sd over the steps of α_{θ(t),i} (``alpha_t``, the quantity α_i(x) averages with x-dependent
+    weights), and the medians over i of ``rel_spread`` = spread_x / |alpha_fixed| and
+    ``time_ratio`` = spread_x / spread_t (0: the weights' x-dependence does not matter; values near
+    1: α_i(x) moves with x as much as the loss derivative moves over training).
+    https://kexue.fm/archives/8009 (§ 结果分析), chapter ``sgd-kernel-machine``."""
+    alpha = kernel_machine_weights(path_K, path_alphaK)
+    w = path_K.abs() / path_K.abs().sum(0, keepdim=True)
+    alpha = torch.where(w > 0, alpha, torch.zeros_like(alpha))  # a zero path kernel has zero weight
+    mean_x = (w * alpha).sum(0)
+    spread_x = torch.sqrt((w * (alpha - mean_x) ** 2).sum(0))
+    spread_t = alpha_t.std(0, unbiased=False)
+    return {"alpha_fixed": mean_x, "spread_x": spread_x, "spread_t": spread_t,
+            "rel_spread": float((spread_x / mean_x.abs()).median()),
+            "time_ratio": float((spread_x / spread_t).median())}
+
+
+def sign_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of points where sign a = sign b (a classifier's decisions, labels ±1)
+    (https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``)."""
+    return float((torch.sign(a) == torch.sign(b)).double().mean())
 
 
 def reconstruction_error(f_T: torch.Tensor, f_hat: torch.Tensor, f_0: torch.Tensor) -> float:
@@ -330,14 +365,14 @@ def width_drift(widths: list[int], x_train: torch.Tensor, y_train: torch.Tensor,
                 chunk_size: int | None = 16) -> dict:
     """For each width w and seed: an ``NTKMLP`` [d, w × depth, 1], the probe Gram K(X, X) before and
     after ``steps`` of full-batch GD, its ``kernel_drift``, the change of the function on the probes
-    max|f_T - f_0| and the final training loss. Returns {w: {"drift": [...], "df": [...],
+    max|f_T - f_0| and the final training loss, on the device of ``x_train``. Returns {w: {"drift": [...], "df": [...],
     "loss": [...]}}. https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
     out = {}
     for w in widths:
         row = {"drift": [], "df": [], "loss": []}
         for s in seeds:
             model = NTKMLP([x_train.shape[1]] + [w] * depth + [1], generator=torch.Generator().manual_seed(s),
-                           dtype=x_train.dtype)
+                           dtype=x_train.dtype).to(x_train.device)
             k0 = empirical_ntk(model, x_probe, chunk_size=chunk_size)
             with torch.no_grad():
                 f0 = model(x_probe)
@@ -372,3 +407,13 @@ def make_moons_split(n_train: int = 200, n_test: int = 1000, noise: float = 0.2,
     t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
     return {"x_train": t((xtr - mu) / sd), "y_train": t(2.0 * ytr - 1), "x_test": t((xte - mu) / sd),
             "y_test": t(2.0 * yte - 1)}
+
+
+def drift_slopes(sweep: dict) -> list[float]:
+    """Per seed, the least-squares slope of log(kernel drift) against log(width) over the widths of a
+    ``width_drift`` result (lazy-training theory: about -1/2). https://kexue.fm/archives/8009,
+    chapter ``sgd-kernel-machine``."""
+    widths = sorted(sweep)
+    logw = np.log(np.array(widths, dtype=float))
+    per_seed = np.array([sweep[w]["drift"] for w in widths])  # [widths, seeds]
+    return [float(np.polyfit(logw, np.log(per_seed[:, s]), 1)[0]) for s in range(per_seed.shape[1])]

@@ -205,3 +205,44 @@ def test_retrieval_summary_against_hand_computed_values():
     assert out["label_match"] == pytest.approx(0.5)        # top-2 = points 0 (+1) and 2 (−1)
     assert out["distance_ratio"] == pytest.approx(1.5 / (4.0 / 3.0))
     assert out["cancellation"] == pytest.approx(3.5 / 0.5)
+
+
+def test_x_dependence_is_zero_when_the_kernel_is_separable_in_time():
+    # K_t(x, x_i) = c(x, i) g(t)  ⇒  α_i(x) = Σ_t g(t) α_i(t) / Σ_t g(t) for every x: no x-dependence
+    gen = torch.Generator().manual_seed(5)
+    c = torch.rand(7, 4, generator=gen, dtype=F64) + 0.1
+    g = torch.rand(30, generator=gen, dtype=F64)
+    alpha_t = torch.randn(30, 4, generator=gen, dtype=F64)
+    path_K = c * g.sum()
+    path_alphaK = c * (g[:, None] * alpha_t).sum(0)
+    dep = Kn.x_dependence(path_K, path_alphaK, alpha_t)
+    torch.testing.assert_close(dep["alpha_fixed"], (g[:, None] * alpha_t).sum(0) / g.sum())
+    assert dep["rel_spread"] < 1e-12 and dep["time_ratio"] < 1e-12
+    torch.testing.assert_close(dep["spread_t"], alpha_t.std(0, unbiased=False))
+
+
+def test_x_dependence_against_hand_computed_values():
+    path_K = torch.tensor([[1.0], [3.0]], dtype=F64)
+    path_alphaK = torch.tensor([[2.0], [3.0]], dtype=F64)  # α(x_1) = 2, α(x_2) = 1; weights 1/4, 3/4
+    alpha_t = torch.tensor([[0.0], [4.0]], dtype=F64)      # sd over time 2
+    dep = Kn.x_dependence(path_K, path_alphaK, alpha_t)
+    m = 0.25 * 2 + 0.75 * 1
+    s = (0.25 * (2 - m) ** 2 + 0.75 * (1 - m) ** 2) ** 0.5
+    assert dep["alpha_fixed"].item() == pytest.approx(m)
+    assert dep["rel_spread"] == pytest.approx(s / m) and dep["time_ratio"] == pytest.approx(s / 2)
+
+
+def test_alpha_t_records_the_loss_derivative_before_each_update():
+    x, y = Kn.make_sine_regression(6, 0.1, seed=0)
+    model = _model([1, 4, 1])
+    f0 = model(x).detach()
+    out = Kn.train_with_path_kernel(model, x, y, x[:2], lr=0.05, steps=3)
+    assert out["alpha_t"].shape == (3, 6)
+    torch.testing.assert_close(out["alpha_t"][0], -(f0 - y))
+    torch.testing.assert_close(out["alpha_t"].sum(0) * 0.05, out["alpha_sum"])
+
+
+def test_sign_agreement_and_drift_slopes():
+    assert Kn.sign_agreement(torch.tensor([1.0, -2.0, 3.0, -1.0]), torch.tensor([2.0, -1.0, -3.0, 1.0])) == 0.5
+    sweep = {w: {"drift": [w ** -0.5, 2 * w ** -1.0]} for w in (16, 64, 256)}
+    np.testing.assert_allclose(Kn.drift_slopes(sweep), [-0.5, -1.0])
