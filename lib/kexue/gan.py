@@ -9,7 +9,8 @@ Pieces:
   :func:`exact_w1`, :func:`w1_to_point`, and the mini-batch study :func:`minibatch_w1_study`;
 - the two critics' W1 estimates: WGAN-GP's :func:`gradient_penalty` and the c-transform estimate
   (Mallasto et al., arXiv 1910.03875) :func:`c_transform`, :func:`c_transform_estimate`;
-- three GANs on the same small MLPs, :func:`train_gan` with ``kind`` in ``GAN_KINDS``;
+- four GANs on the same small MLPs, :func:`train_gan` with ``kind`` in ``GAN_KINDS`` (the two
+  WGANs, and the plain GAN with and without spectral normalisation);
 - sample quality proxies: a Fréchet distance in the features of a classifier the chapter trains
   (:func:`frechet_distance`, *not* the Inception FID) and nearest-neighbour distances
   (:func:`nearest_distance`).
@@ -24,8 +25,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-GAN_KINDS = ("wgan_gp", "ctransform", "sn_gan")
-GAN_NAMES = {"wgan_gp": "WGAN-GP", "ctransform": "c-transform WGAN", "sn_gan": "GAN + spectral norm"}
+GAN_KINDS = ("wgan_gp", "ctransform", "sn_gan", "gan")
+GAN_NAMES = {"wgan_gp": "WGAN-GP", "ctransform": "c-transform WGAN", "sn_gan": "GAN + spectral norm",
+             "gan": "GAN (no constraint)"}
 
 
 # -- exact Wasserstein-1 --------------------------------------------------------------------------
@@ -165,44 +167,50 @@ def _generator_loss(kind, D, real, fake):
 
 def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32, hidden: int = 256,
               n_critic: int = 5, lr: float = 1e-4, betas=(0.5, 0.9), gp_weight: float = 10.0,
-              eval_real=None, eval_every: int = 100, eval_batch: int = 256, seed: int = 0) -> dict:
+              eval_real=None, eval_every: int = 100, eval_batch: int = 256, seed: int = 0,
+              device=None) -> dict:
     """Train one GAN on the rows of ``X`` (pixels in [0, 1]) for ``steps`` generator steps, each after
     ``n_critic`` critic steps on fresh batches, with Adam(lr, betas) for both networks:
 
     - ``wgan_gp``: critic loss E D(G(z)) - E D(x) + λ E(||∇D(x̂)|| - 1)^2, generator loss -E D(G(z));
     - ``ctransform``: critic maximises Ŵ = E φ(x) + E φ^c(G(z)) (no Lipschitz constraint needed),
       generator minimises E φ^c(G(z)) through the batch min;
-    - ``sn_gan``: the plain (non-saturating) GAN with a spectrally normalised discriminator.
+    - ``sn_gan``: the plain (non-saturating) GAN with a spectrally normalised discriminator;
+    - ``gan``: the same plain GAN without spectral normalisation (the control for the Lipschitz
+      constraint).
 
     Every ``eval_every`` steps logs the critic's estimate (:func:`critic_estimate`) and the exact W1
     (:func:`exact_w1`) between a fresh batch of ``eval_real`` and one of generated samples
-    (``eval_batch`` each). Returns ``{"G", "D", "log", "seconds", "step_seconds"}``.
+    (``eval_batch`` each). Returns ``{"G", "D", "log", "seconds", "step_seconds"}``. Models and
+    batches live on ``device`` (default: the CPU); the data batches are drawn by CPU generators, so
+    they are the same on every device.
     Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     if kind not in GAN_KINDS:
         raise ValueError(f"unknown GAN kind {kind!r}: use one of {GAN_KINDS}")
     torch.manual_seed(seed)
-    X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1)
-    Xe = X if eval_real is None else torch.as_tensor(np.asarray(eval_real, np.float32)).flatten(1)
+    device = torch.device("cpu" if device is None else device)
+    X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1).to(device)
+    Xe = X if eval_real is None else torch.as_tensor(np.asarray(eval_real, np.float32)).flatten(1).to(device)
     dim = X.shape[1]
-    G = mlp_generator(z_dim, hidden, dim)
-    D = mlp_critic(dim, hidden, spectral_norm=(kind == "sn_gan"))
+    G = mlp_generator(z_dim, hidden, dim).to(device)
+    D = mlp_critic(dim, hidden, spectral_norm=(kind == "sn_gan")).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
     data_gen = torch.Generator().manual_seed(seed + 1)
     eval_gen = torch.Generator().manual_seed(seed + 2)
 
     def batch(n, source=X, gen=data_gen):
-        return source[torch.randint(len(source), (n,), generator=gen)]
+        return source[torch.randint(len(source), (n,), generator=gen).to(device)]
 
     log = {"step": [], "estimate": [], "exact_w1": [], "g_loss": []}
 
     def evaluate(step):
         real = batch(eval_batch, Xe, eval_gen)
         with torch.no_grad():
-            fake = G(torch.randn(eval_batch, z_dim, generator=eval_gen))
+            fake = G(torch.randn(eval_batch, z_dim, generator=eval_gen).to(device))
         log["step"].append(step)
         log["estimate"].append(critic_estimate(kind, D, real, fake))
-        log["exact_w1"].append(exact_w1(real.numpy(), fake.numpy()))
+        log["exact_w1"].append(exact_w1(real.cpu().numpy(), fake.cpu().numpy()))
 
     t0 = time.perf_counter()
     t_eval = 0.0
@@ -214,13 +222,13 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
         for _ in range(n_critic):
             real = batch(batch_size)
             with torch.no_grad():
-                fake = G(torch.randn(batch_size, z_dim))
+                fake = G(torch.randn(batch_size, z_dim, device=device))
             loss_d = _critic_loss(kind, D, real, fake, gp_weight)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         real = batch(batch_size)
-        loss_g = _generator_loss(kind, D, real, G(torch.randn(batch_size, z_dim)))
+        loss_g = _generator_loss(kind, D, real, G(torch.randn(batch_size, z_dim, device=device)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -238,11 +246,21 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
 
 
 def sample(G, n: int, z_dim: int, seed: int = 0) -> np.ndarray:
-    """``n`` samples G(z), z ~ N(0, I) from a fixed seed, as a float32 array (n, pixels).
-    Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    """``n`` samples G(z), z ~ N(0, I) from a fixed seed (drawn on the CPU, run on G's device), as a
+    float32 array (n, pixels). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     gen = torch.Generator().manual_seed(seed)
+    device = next(G.parameters()).device
     with torch.no_grad():
-        return G(torch.randn(n, z_dim, generator=gen)).numpy()
+        return G(torch.randn(n, z_dim, generator=gen).to(device)).cpu().numpy()
+
+
+def late_relative_error(log: dict, from_step: float) -> float:
+    """Mean over the logged evaluations at step >= ``from_step`` of |Ŵ - W1| / W1, the relative error
+    of a critic's W1 estimate against the exact batch W1 (a :func:`train_gan` log).
+    Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    late = np.asarray(log["step"]) >= from_step
+    est, w1 = np.asarray(log["estimate"])[late], np.asarray(log["exact_w1"])[late]
+    return float(np.mean(np.abs(est - w1) / w1))
 
 
 # -- sample quality ----------------------------------------------------------------------------------
@@ -296,23 +314,25 @@ class FeatureClassifier(nn.Module):
         return self.head(self.body(x.flatten(1)))
 
     def features(self, X, chunk: int = 4096) -> np.ndarray:
+        device = next(self.parameters()).device
         X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1)
         with torch.no_grad():
-            return torch.cat([self.body(X[i:i + chunk]) for i in range(0, len(X), chunk)]).numpy()
+            return torch.cat([self.body(X[i:i + chunk].to(device)).cpu() for i in range(0, len(X), chunk)]).numpy()
 
 
 def train_feature_classifier(X, y, *, epochs: int, feat_dim: int = 64, lr: float = 1e-3,
-                             batch_size: int = 128, seed: int = 0) -> FeatureClassifier:
-    """Train :class:`FeatureClassifier` with Adam and cross-entropy on (X, y) (the training split only).
-    Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+                             batch_size: int = 128, seed: int = 0, device=None) -> FeatureClassifier:
+    """Train :class:`FeatureClassifier` with Adam and cross-entropy on (X, y) (the training split only),
+    on ``device`` (default: the CPU). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     torch.manual_seed(seed)
-    X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1)
-    y = torch.as_tensor(np.asarray(y, np.int64))
-    model = FeatureClassifier(X.shape[1], feat_dim)
+    device = torch.device("cpu" if device is None else device)
+    X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1).to(device)
+    y = torch.as_tensor(np.asarray(y, np.int64)).to(device)
+    model = FeatureClassifier(X.shape[1], feat_dim).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for idx in torch.randperm(len(X), generator=gen).split(batch_size):
+        for idx in torch.randperm(len(X), generator=gen).to(device).split(batch_size):
             loss = F.cross_entropy(model(X[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -323,8 +343,9 @@ def train_feature_classifier(X, y, *, epochs: int, feat_dim: int = 64, lr: float
 def classifier_accuracy(model: FeatureClassifier, X, y) -> float:
     """Fraction of rows of X the classifier labels correctly (argmax of the logits).
     Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        pred = model(torch.as_tensor(np.asarray(X, np.float32))).argmax(dim=1).numpy()
+        pred = model(torch.as_tensor(np.asarray(X, np.float32)).to(device)).argmax(dim=1).cpu().numpy()
     return float((pred == np.asarray(y)).mean())
 
 

@@ -148,13 +148,26 @@ def test_train_gan_runs_and_logs(kind):
     r = Gn.train_gan(kind, X, steps=6, batch_size=16, z_dim=4, hidden=16, n_critic=2, eval_every=3,
                      eval_batch=32, seed=0)
     assert list(r["log"]["step"]) == [0, 3, 6] and np.all(r["log"]["exact_w1"] > 0)
-    assert np.all(np.isnan(r["log"]["estimate"])) == (kind == "sn_gan")
+    assert np.all(np.isnan(r["log"]["estimate"])) == (kind in ("sn_gan", "gan"))
     s = Gn.sample(r["G"], 10, 4, seed=1)
     assert s.shape == (10, 16) and s.min() >= 0 and s.max() <= 1
     assert np.array_equal(s, Gn.sample(r["G"], 10, 4, seed=1))
     r2 = Gn.train_gan(kind, X, steps=6, batch_size=16, z_dim=4, hidden=16, n_critic=2, eval_every=3,
                       eval_batch=32, seed=0)
     assert np.array_equal(s, Gn.sample(r2["G"], 10, 4, seed=1))  # seeded: reproducible
+
+
+def test_plain_gan_differs_from_sn_gan_only_by_the_spectral_norm():
+    X = np.random.default_rng(0).random((100, 8)).astype(np.float32)
+    kw = dict(steps=3, batch_size=8, z_dim=4, hidden=8, n_critic=1, eval_every=0, seed=0)
+    plain, sn = Gn.train_gan("gan", X, **kw), Gn.train_gan("sn_gan", X, **kw)
+    assert not any("parametrizations" in n for n, _ in plain["D"].named_parameters())
+    assert any("parametrizations" in n for n, _ in sn["D"].named_parameters())
+
+
+def test_late_relative_error():
+    log = {"step": np.array([0, 50, 100]), "estimate": np.array([9.0, 1.0, 3.0]), "exact_w1": np.array([1.0, 2.0, 4.0])}
+    assert Gn.late_relative_error(log, 50) == pytest.approx((0.5 + 0.25) / 2)
 
 
 def test_spectral_norm_critic_has_unit_top_singular_value():
