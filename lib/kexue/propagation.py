@@ -122,8 +122,8 @@ def _forward_backward(layers: nn.Module, x: torch.Tensor, g: torch.Tensor | None
                       generator: torch.Generator | None) -> tuple[float, float]:
     x = x.detach().clone().requires_grad_(True)
     y = layers(x)
-    if g is None:
-        g = torch.randn(y.shape, generator=generator, dtype=y.dtype)
+    if g is None:  # drawn on the CPU generator, then moved: the same numbers on every device
+        g = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
     (gx,) = torch.autograd.grad(y, x, grad_outputs=g)
     fwd = (y.detach().pow(2).mean() / x.detach().pow(2).mean()).item()
     bwd = (gx.pow(2).mean() / g.pow(2).mean()).item()
@@ -143,17 +143,18 @@ def variance_gain(layers: nn.Module, x: torch.Tensor, direction: str = "forward"
     return fwd if direction == "forward" else bwd
 
 
-def monte_carlo_gains(build, d_in: int, *, batch: int, repeats: int, seed: int = 0) -> dict:
+def monte_carlo_gains(build, d_in: int, *, batch: int, repeats: int, seed: int = 0, device=None) -> dict:
     """Forward and backward gains over ``repeats`` fresh draws of weights, inputs and output gradients.
 
-    ``build(generator)`` returns a new module; inputs are N(0, 1) of width ``d_in``. Returns arrays
+    ``build(generator)`` returns a new module; inputs are N(0, 1) of width ``d_in``. Everything is
+    drawn on the CPU generator and computed on ``device`` (default CPU). Returns arrays
     ``forward`` and ``backward`` of one gain per draw (https://kexue.fm/archives/8725, chapter
     ``xavier-averaging``)."""
     gen = torch.Generator().manual_seed(seed)
     fwd, bwd = [], []
     for _ in range(repeats):
-        layers = build(gen)
-        x = torch.randn(batch, d_in, generator=gen)
+        layers = build(gen).to(device)
+        x = torch.randn(batch, d_in, generator=gen).to(device)
         f, b = _forward_backward(layers, x, None, gen)
         fwd.append(f)
         bwd.append(b)
@@ -177,8 +178,8 @@ def moment_profile(model: nn.Sequential, x: torch.Tensor, g: torch.Tensor | None
             taps.append(h)
     if not isinstance(model[-1], nn.Linear):
         raise ValueError("the model must end with an nn.Linear layer")
-    if g is None:
-        g = torch.randn(h.shape, generator=generator, dtype=h.dtype)
+    if g is None:  # drawn on the CPU generator, then moved: the same numbers on every device
+        g = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)
     grads = torch.autograd.grad(h, taps, grad_outputs=g)
     fwd = [t.detach().pow(2).mean().item() for t in taps]
     bwd = [gr.pow(2).mean().item() for gr in grads]
@@ -186,17 +187,18 @@ def moment_profile(model: nn.Sequential, x: torch.Tensor, g: torch.Tensor | None
 
 
 def profile_over_draws(widths: list[int], act: str, mode: str, *, batch: int, repeats: int,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, device=None) -> dict:
     """``moment_profile`` of ``alternating_mlp(widths, act, mode, bias=False)`` over ``repeats``
-    independent draws of weights, N(0, 1) inputs and N(0, 1) output gradients.
+    independent draws of weights, N(0, 1) inputs and N(0, 1) output gradients (drawn on the CPU
+    generator, computed on ``device``, default CPU).
 
     Returns arrays ``forward`` and ``backward`` of shape (repeats, L+1)
     (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
     gen = torch.Generator().manual_seed(seed)
     fwd, bwd = [], []
     for _ in range(repeats):
-        model = alternating_mlp(widths, act, mode, bias=False, generator=gen)
-        x = torch.randn(batch, widths[0], generator=gen)
+        model = alternating_mlp(widths, act, mode, bias=False, generator=gen).to(device)
+        x = torch.randn(batch, widths[0], generator=gen).to(device)
         f, b = moment_profile(model, x, generator=gen)
         fwd.append(f)
         bwd.append(b)

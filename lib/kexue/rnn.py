@@ -88,8 +88,8 @@ def log10_jacobian_norms(act: str, U: torch.Tensor, pre_inputs: torch.Tensor,
     if act not in ("tanh", "relu"):
         raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
     h = h0.clone()
-    P = torch.eye(U.shape[-1], dtype=U.dtype).expand_as(U).clone()
-    log_scale = torch.zeros(U.shape[:-2], dtype=torch.float64)
+    P = torch.eye(U.shape[-1], dtype=U.dtype, device=U.device).expand_as(U).clone()
+    log_scale = torch.zeros(U.shape[:-2], dtype=torch.float64, device=U.device)
     out = []
     for u in pre_inputs:
         pre = u + (U @ h[..., None])[..., 0]
@@ -110,17 +110,19 @@ def log10_jacobian_norms(act: str, U: torch.Tensor, pre_inputs: torch.Tensor,
 
 
 def gradient_norms_through_time(act: str, rho: float, *, hidden: int = 64, T: int = 200,
-                                draws: int = 4, seed: int = 0) -> np.ndarray:
+                                draws: int = 4, seed: int = 0, device=None) -> np.ndarray:
     """log10 ‖∂h_t/∂h_0‖₂, t = 1..T, of simple RNNs with U = ρ·Q (Q Haar orthogonal), W with
     Var = 1/hidden, zero bias, N(0, 1) inputs and h_0 = 0, for ``draws`` independent draws of
     (Q, W, inputs): an array (draws, T). The same seed gives the same Q, W and inputs for tanh
-    and ReLU and every ρ (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    and ReLU and every ρ; they are drawn on the CPU and computed on ``device`` (default CPU)
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     gen = torch.Generator().manual_seed(seed)
-    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)])
-    W = torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
-    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64)
+    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)]).to(device)
+    W = (torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)).to(device)
+    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64).to(device)
     u = (W @ xs)[..., 0]
-    return log10_jacobian_norms(act, rho * Q, u, torch.zeros(draws, hidden, dtype=torch.float64)).T.numpy()
+    h0 = torch.zeros(draws, hidden, dtype=torch.float64, device=u.device)
+    return log10_jacobian_norms(act, rho * Q, u, h0).T.cpu().numpy()
 
 
 # -- cells in the article's conventions (eqs. 2, 4, 5, 7) ------------------------------------------
@@ -203,7 +205,7 @@ def run_cell(kind: str, xs: torch.Tensor, p: dict, hidden: int) -> dict:
     step (``state_prev``, (T, H); c for lstm/sugru, h otherwise), the output-gate factor that maps
     it to h_{t-1} (``out_prev``: o_{t-1} for LSTM, r_{t-1} for SuGRU, ones before step 1), and
     the stacked gates (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
-    h = torch.zeros(hidden, dtype=xs.dtype)
+    h = torch.zeros(hidden, dtype=xs.dtype, device=xs.device)
     c, out = torch.zeros_like(h), torch.ones_like(h)
     prev, outs, gates = [], [], []
     for x in xs:
@@ -289,10 +291,12 @@ def gru_jacobian_formula(gates: dict, h_prev: torch.Tensor, p: dict) -> torch.Te
             + (z * (1 - hh * hh))[..., :, None] * (Uh @ inner))
 
 
-def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int = 3, seed: int = 0) -> dict:
+def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int = 3, seed: int = 0,
+                   device=None) -> dict:
     """For each (kind, init scale): per-step ``secondary_ratio`` and ‖J_t‖₂ over ``draws`` cells
     with N(0, 1) inputs of width ``hidden``, float64. Returns {(kind, scale): {"ratio": (draws, T),
-    "norm": (draws, T), "dominant_mean": float}}; every kind sees the same inputs
+    "norm": (draws, T), "dominant_mean": float}}. Draw i of every scale is the same draw rescaled;
+    every kind's first draw sees the same inputs. Drawn on the CPU, computed on ``device``
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     out = {}
     for kind in kinds:
@@ -300,11 +304,11 @@ def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int =
             gen = torch.Generator().manual_seed(seed)
             ratio, norm, dom = [], [], []
             for _ in range(draws):
-                xs = torch.randn(T, hidden, generator=gen, dtype=torch.float64)
+                xs = torch.randn(T, hidden, generator=gen, dtype=torch.float64).to(device)
                 p = init_cell_params(kind, hidden, hidden, scale=s, generator=gen, dtype=torch.float64)
-                r = step_jacobians(kind, xs, p, hidden)
-                ratio.append(secondary_ratio(r["J"], r["dominant"]).numpy())
-                norm.append(torch.linalg.eigvalsh(r["J"].mT @ r["J"])[..., -1].sqrt().numpy())
+                r = step_jacobians(kind, xs, {k: v.to(device) for k, v in p.items()}, hidden)
+                ratio.append(secondary_ratio(r["J"], r["dominant"]).cpu().numpy())
+                norm.append(torch.linalg.eigvalsh(r["J"].mT @ r["J"])[..., -1].sqrt().cpu().numpy())
                 dom.append(r["dominant"].mean().item())
             out[(kind, s)] = {"ratio": np.array(ratio), "norm": np.array(norm), "dominant_mean": float(np.mean(dom))}
     return out
@@ -381,36 +385,38 @@ def clip_grad_norm_per_member(params, max_norm: float) -> torch.Tensor:
 
 def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, steps: int = 1000,
                  batch: int = 64, lr: float = 1e-3, clip: float | None = None, eval_every: int = 50,
-                 eval_batch: int = 1000, seed: int = 0) -> dict:
+                 eval_batch: int = 1000, seed: int = 0, device=None) -> dict:
     """Train E = ``members`` seeds of a ``kind`` cell on the adding problem of length T with Adam
     (MSE loss, fresh data each step, per-member gradient clipping when ``clip`` is set). Every
     ``eval_every`` steps the MSE on a fixed held-out set (its own generator, never trained on) is
     recorded. Returns {"steps", "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds",
     "diverged" (E,)}; a member whose loss turns non-finite is marked diverged and its later losses
-    are NaN (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    are NaN. Data are drawn on the CPU (the same stream on every device); the model and the batches
+    live on ``device`` (default CPU) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     import time
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen)
+    model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen).to(device)
     x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed))
-    x_ev, y_ev = x_ev.view(members, eval_batch, T, 2), y_ev.view(members, eval_batch)
+    x_ev, y_ev = x_ev.view(members, eval_batch, T, 2).to(device), y_ev.view(members, eval_batch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rec_steps, ev, tr = [], [], []
-    diverged = torch.zeros(members, dtype=torch.bool)
+    diverged = torch.zeros(members, dtype=torch.bool, device=x_ev.device)
 
     def evaluate(step):
         with torch.no_grad():
             m = (model(x_ev) - y_ev).pow(2).mean(dim=1)
         m[diverged] = float("nan")
         rec_steps.append(step)
-        ev.append(m.numpy().copy())
+        ev.append(m.cpu().numpy().copy())
 
     t0 = time.perf_counter()
     evaluate(0)
     for step in range(1, steps + 1):
         x, y = adding_problem(members * batch, T, gen)
-        per = (model(x.view(members, batch, T, 2)) - y.view(members, batch)).pow(2).mean(dim=1)
+        x, y = x.view(members, batch, T, 2).to(x_ev.device), y.view(members, batch).to(x_ev.device)
+        per = (model(x) - y).pow(2).mean(dim=1)
         bad = ~torch.isfinite(per)
         diverged |= bad
         loss = torch.where(diverged, torch.zeros_like(per), per).sum()
@@ -422,7 +428,7 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
             q.grad[diverged] = 0
             q.grad.nan_to_num_(0.0)
         opt.step()
-        tr.append(torch.where(diverged, torch.full_like(per, float("nan")), per).detach().numpy())
+        tr.append(torch.where(diverged, torch.full_like(per, float("nan")), per).detach().cpu().numpy())
         if step % eval_every == 0 or step == steps:
             evaluate(step)
     return {"steps": np.array(rec_steps), "eval_mse": np.array(ev), "train_mse": np.array(tr),

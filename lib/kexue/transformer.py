@@ -221,7 +221,7 @@ def residual_profile(encoder: TransformerEncoder, ids: torch.Tensor,
         var.append((f.var() / x.var()).item())
         meas.append(((standardize(out.double()) * xc).sum() / xc.pow(2).sum()).item())
     pred = torch.cumprod(1.0 / torch.tensor(s, dtype=torch.float64), 0)
-    z = torch.randn(x0.shape, dtype=torch.float64, generator=generator)
+    z = torch.randn(x0.shape, dtype=torch.float64, generator=generator).to(x0.device)
     z = z - z.mean(0, keepdim=True)
     noise = ((standardize(trace[-1][2].double()) * z).sum() / z.pow(2).sum()).item()
     inv = 1.0 / torch.tensor(s, dtype=torch.float64)
@@ -265,21 +265,24 @@ def random_target_mlm_loss(model: BertMLM, ids: torch.Tensor, mask_prob: float =
     how the gradient reaches each layer without any data (https://kexue.fm/archives/8747,
     chapter ``bert-init-std``)."""
     vocab = model.encoder.tok_emb.num_embeddings
-    sel = torch.rand(ids.shape, generator=generator) < mask_prob
-    labels = torch.full_like(ids, -100)
+    sel = torch.rand(ids.shape, generator=generator) < mask_prob  # CPU draws: same on every device
+    labels = torch.full(ids.shape, -100, dtype=ids.dtype)
     labels[sel] = torch.randint(0, vocab, (int(sel.sum()),), generator=generator)
-    return model.mlm_loss(ids, labels)
+    return model.mlm_loss(ids, labels.to(ids.device))
 
 
 def probe_init(ids: torch.Tensor, *, norm: str, std: float, trunc: bool, n_layers: int = 12,
                d: int = 768, heads: int = 12, ffn: int = 3072, vocab: int = 2000,
-               generator: torch.Generator | None = None) -> dict:
+               generator: torch.Generator | None = None, device=None) -> dict:
     """Build a :class:`BertMLM` (BERT-base shapes by default), initialise it with
     :func:`init_bert_`, and return its :func:`residual_profile` on ``ids`` plus ``grad_norms``
     (:func:`layer_grad_norms` of a :func:`random_target_mlm_loss`) and that ``loss``: the
-    at-init analysis of https://kexue.fm/archives/8747 (chapter ``bert-init-std``)."""
+    at-init analysis of https://kexue.fm/archives/8747 (chapter ``bert-init-std``). The weights
+    are drawn on the CPU (``generator``) and the model and ``ids`` moved to ``device``."""
     model = BertMLM(vocab, n_layers, d, heads, ffn, max_len=ids.shape[1], norm=norm)
     init_bert_(model, std, trunc, generator=generator)
+    model.to(device)
+    ids = ids.to(device)
     out = residual_profile(model.encoder, ids, generator=generator)
     loss = random_target_mlm_loss(model, ids, generator=generator)
     loss.backward()

@@ -205,3 +205,15 @@ def test_moment_profile_requires_linear_output():
     with pytest.raises(ValueError):
         P.moment_profile(model, torch.randn(4, 3))
     assert math.isfinite(P.moment_profile(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3))[0][1])
+
+
+def test_device_argument_keeps_the_cpu_numbers():
+    """device="cpu" is the default path: same draws, same gains and profiles (chapter xavier-averaging)."""
+    build = lambda gen: P.composition(16, 32, "geo", generator=gen)  # noqa: E731
+    a = P.monte_carlo_gains(build, 16, batch=32, repeats=2, seed=3)
+    b = P.monte_carlo_gains(build, 16, batch=32, repeats=2, seed=3, device="cpu")
+    assert np.array_equal(a["forward"], b["forward"]) and np.array_equal(a["backward"], b["backward"])
+    w = P.alternating_widths(8, 16, 4)
+    pa = P.profile_over_draws(w, "tanh", "arith", batch=16, repeats=2, seed=1)
+    pb = P.profile_over_draws(w, "tanh", "arith", batch=16, repeats=2, seed=1, device="cpu")
+    assert np.array_equal(pa["forward"], pb["forward"]) and np.array_equal(pa["backward"], pb["backward"])

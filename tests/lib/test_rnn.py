@@ -280,3 +280,15 @@ def test_train_adding_learns_a_short_sequence():
     assert list(out["steps"]) == [0, 50, 100, 150]
     assert np.all(out["eval_mse"][-1] < 0.5 * R.TRIVIAL_ADDING_MSE)
     assert not out["diverged"].any()
+
+
+def test_device_argument_keeps_the_cpu_numbers():
+    """device="cpu" gives the default path's numbers (chapter rnn-gradients)."""
+    a = R.gradient_norms_through_time("tanh", 1.5, hidden=8, T=10, draws=2, seed=1)
+    b = R.gradient_norms_through_time("tanh", 1.5, hidden=8, T=10, draws=2, seed=1, device="cpu")
+    assert np.array_equal(a, b)
+    ta = R.jacobian_table(["lstm"], [1.0], hidden=4, T=3, draws=2)
+    tb = R.jacobian_table(["lstm"], [1.0], hidden=4, T=3, draws=2, device="cpu")
+    assert np.array_equal(ta[("lstm", 1.0)]["ratio"], tb[("lstm", 1.0)]["ratio"])
+    kw = dict(members=2, hidden=8, steps=5, batch=8, lr=1e-2, eval_every=5, eval_batch=16, seed=0)
+    assert np.array_equal(R.train_adding("gru", 4, **kw)["eval_mse"], R.train_adding("gru", 4, device="cpu", **kw)["eval_mse"])

@@ -227,3 +227,12 @@ def test_probe_init_returns_profile_and_gradients():
     assert len(out["grad_norms"]) == 3 and len(out["rho_meas"]) == 6
     assert all(g > 0 for g in out["grad_norms"])
     assert out["loss"] == pytest.approx(math.log(30), rel=0.05)  # near-uniform logits at 0.02
+
+
+def test_probe_init_device_argument_keeps_the_cpu_numbers():
+    """device="cpu" gives the default path's profile and gradients (chapter bert-init-std)."""
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    kw = dict(norm="post", std=0.02, trunc=True, n_layers=2, d=16, heads=2, ffn=32, vocab=50)
+    a = probe_init(ids, generator=torch.Generator().manual_seed(1), **kw)
+    b = probe_init(ids, generator=torch.Generator().manual_seed(1), device="cpu", **kw)
+    assert a["rho_meas"] == b["rho_meas"] and a["grad_norms"] == b["grad_norms"] and a["loss"] == b["loss"]
