@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import stats
+from .train import fit  # noqa: F401 (Adam on the trainable params, early stopping on dev)
 from .bert.batching import batches_by_length, pad_right
 from .bert.heads import ClsHeadClassifier, classifier_logits, device_of, label_word_logits
 from .bert.objective import IGNORE, Vocab, mask_tokens, vocab_of
@@ -207,39 +208,6 @@ def corrupt_text(inp: torch.Tensor, text_from: int, vocab: Vocab, rng: np.random
 
 
 # ------------------------------------------------------------------------------- training
-
-def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, lr: float, evaluate,
-        eval_every: int, seed: int = 0) -> dict:
-    """Adam (no weight decay: with eq. (1) the frozen rows then get exactly zero updates) on
-    ``loss_on(batch_indices, rng)``, minibatches drawn epoch by epoch from a seeded permutation of
-    the ``n_train`` examples; every ``eval_every`` steps ``evaluate()`` (dev accuracy) is recorded
-    and the parameters of the best evaluation are restored at the end (early stopping on dev).
-    Returns {best_dev, best_step, history [(step, loss, dev)]} (chapter ``p-tuning``)."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    rng = np.random.default_rng(seed)
-    queue: list = []
-    best, best_step, snap, hist, run_loss = -1.0, 0, None, [], []
-    for step in range(1, steps + 1):
-        if len(queue) < batch_size:
-            queue.extend(rng.permutation(n_train).tolist())
-        idx, queue = queue[:batch_size], queue[batch_size:]
-        loss = loss_on(idx, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run_loss.append(loss.item())
-        if step % eval_every == 0 or step == steps:
-            acc = evaluate()
-            hist.append((step, float(np.mean(run_loss)), acc))
-            run_loss = []
-            if acc > best:
-                best, best_step, snap = acc, step, [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, s in zip(params, snap):
-            p.copy_(s)
-    return {"best_dev": best, "best_step": best_step, "history": hist}
-
 
 def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: str = "cloze",
                  template: str = "{mask}满意。", n_prompt: int = 0, train_model: bool = False,
