@@ -255,6 +255,27 @@ def last_ln_gamma_ratio(gammas: dict) -> float:
     return block[-1] / float(np.mean(block[:-1]))
 
 
+def scored_final_loss(run: dict, diverged_loss: float) -> float:
+    """The held-out MLM loss a claim scores for one :func:`train_mlm` / :func:`run_mlm` result: its
+    last evaluation, or ``diverged_loss`` for a run that diverged or whose last evaluation is not
+    finite (chapter ``bert-init-std`` scores those at the uniform guess ln V,
+    https://kexue.fm/archives/8747)."""
+    last = run["eval_loss"][-1] if run["eval_loss"] else math.nan
+    if run["diverged_at"] is not None or not math.isfinite(last):
+        return float(diverged_loss)
+    return float(last)
+
+
+def head_minus_last_gamma(gammas: dict) -> float:
+    """Mean γ of the MLM head's LN minus the mean γ of the encoder's last block LN (the keys of
+    :meth:`~kexue.transformer.BertMLM.layer_norm_gammas`): where the large γ of a small-init BERT
+    sits (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    if "head" not in gammas:
+        raise ValueError("this model has no head LN: build it with head_transform=True")
+    block = [v for k, v in gammas.items() if k.startswith("L")]
+    return float(gammas["head"] - block[-1])
+
+
 def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int, seq_len: int,
             norm: str = "post", head_transform: bool = True, init_std: float = 0.02,
             trunc: bool = True, seed: int = 0, device=None, **train_kw) -> dict:

@@ -43,6 +43,8 @@ from pathlib import Path
 
 from . import __version__, book, check_scale
 
+NO_CLAIMS_TEXT = ("No claim is registered for this chapter: what it measures is recorded as "
+                  "implementation checks and shown as measurements (see the verdict).")
 NO_ARTICLE_CLAIM = "no testable article claim scored yet"
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", NO_ARTICLE_CLAIM)
 KINDS = ("article", "extension")
@@ -402,6 +404,8 @@ class Results:
 
     # -- display ---------------------------------------------------------------------------------
     def claims_markdown(self) -> str:
+        if not self.claims:
+            return NO_CLAIMS_TEXT
         rows = []
         for c in self.claims.values():
             words = f"「{c.quote}」 ({c.section})" if c.quote else "—"
@@ -648,11 +652,11 @@ def load_record(slug: str, scale: str = "full") -> dict | None:
     return rec
 
 
-def glue_all(**values) -> dict:
-    """:func:`glue` every keyword (name = value) for quoting in prose; returns them."""
+def glue_all(**values) -> None:
+    """:func:`glue` every keyword (name = value) for quoting in prose. Returns nothing, so that a
+    cell ending with it shows no stray output."""
     for name, value in values.items():
         glue(name, value)
-    return values
 
 
 def markdown_table(header, rows) -> str:

@@ -129,7 +129,8 @@ def _parse_value(text: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="kexue-run", description=__doc__.split("\n\n")[0])
     ap.add_argument("chapter", help="chapter slug (e.g. bert-init-std) or path to its .ipynb")
-    ap.add_argument("--scale", default="full", help="smoke | full | large (default: full)")
+    ap.add_argument("--scale", default=os.environ.get("KEXUE_SCALE") or "full",
+                    help="smoke | full | large (default: $KEXUE_SCALE if set, else full)")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"), help="a declared chapter parameter")
     ap.add_argument("--write-back", dest="write_back", action="store_true", default=None,

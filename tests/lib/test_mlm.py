@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kexue import mlm
 from kexue.mlm import (IGNORE, fixed_eval_batches, last_ln_gamma_ratio,
                        markov_corpus, mlm_mask, run_mlm, sample_windows, train_mlm,
                        zipf_unigram)
@@ -138,3 +139,18 @@ def test_train_mlm_stops_at_divergence(tiny):
     model = BertMLM(8, 1, 8, 2, 16, max_len=8)
     out = train_mlm(model, tiny, steps=5, batch=4, seq_len=8, lr=1e-3, warmup=0, diverge_loss=0.0)
     assert out["diverged_at"] == 0 and np.all(np.isnan(out["loss"]))
+
+
+def test_scored_final_loss_uses_the_penalty_for_diverged_or_non_finite_runs():
+    ok = {"eval_loss": [3.0, 2.5], "diverged_at": None}
+    assert mlm.scored_final_loss(ok, 6.2) == 2.5
+    assert mlm.scored_final_loss({"eval_loss": [3.0], "diverged_at": 40}, 6.2) == 6.2
+    assert mlm.scored_final_loss({"eval_loss": [3.0, float("nan")], "diverged_at": None}, 6.2) == 6.2
+    assert mlm.scored_final_loss({"eval_loss": [], "diverged_at": 0}, 6.2) == 6.2
+
+
+def test_head_minus_last_gamma():
+    g = {"emb": 1.0, "L1.ln1": 1.0, "L1.ln2": 0.9, "L2.ln1": 1.1, "L2.ln2": 0.95, "head": 1.7}
+    assert abs(mlm.head_minus_last_gamma(g) - 0.75) < 1e-12
+    with pytest.raises(ValueError, match="head_transform"):
+        mlm.head_minus_last_gamma({k: v for k, v in g.items() if k != "head"})

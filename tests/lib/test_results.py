@@ -253,3 +253,16 @@ def test_markdown_table_escapes_pipes():
     from kexue.results import markdown_table
     t = markdown_table(["mean |Ŵ − W1| / W1", "b"], [["x|y", "two\nlines"]])
     assert "mean \\|Ŵ − W1\\| / W1" in t and "x\\|y" in t and "two lines" in t
+
+
+def test_claims_markdown_says_so_when_no_claim_is_registered():
+    from kexue.results import NO_CLAIMS_TEXT
+    res = Results("bert-init-std", scale="smoke")
+    assert res.claims_markdown() == NO_CLAIMS_TEXT
+    res.claim("C1", "x", metric="m", test=(">", 0))
+    assert res.claims_markdown().startswith("| id |")
+
+
+def test_glue_all_returns_nothing():
+    from kexue.results import glue_all
+    assert glue_all() is None
