@@ -3,6 +3,15 @@
 Each chapter of the book reproduces one article of Su Jianlin's blog (https://kexue.fm) and calls
 this package for everything longer than a few lines. This module holds the conventions every
 chapter shares: the run scale, the device, and seeding.
+
+Randomness has one rule. A function that runs an experiment or builds a data set (``run_mlm``,
+``train_adding``, ``jacobian_table``, ``profile_over_draws``, ``make_moons_split``, ...) takes
+``seed: int`` and draws everything from it, so a chapter's result is fixed by the seeds it names.
+A building block that fills one tensor or module and is called many times in a row from the same
+stream (``trunc_normal_``, ``init_bert_``, ``orthogonal_matrix``, ``mlm_mask``, a batch sampler)
+takes ``generator: torch.Generator``, as ``torch.nn.init`` does; with none it uses torch's global
+stream, seeded by :func:`setup`. Weights are drawn on the CPU and then moved to the device, so a
+seed gives the same model on every machine.
 """
 from __future__ import annotations
 

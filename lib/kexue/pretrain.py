@@ -557,7 +557,7 @@ def write_model_card(out: Path, state: dict) -> None:
         "Load with `kexue.models.bert_zh.load()` (checks `sha256`).", "",
         "## Data", "",
         "`kexue.data.chinese.pretraining_documents()`: inews train contents, People's Daily 1998, 三国演义 "
-        "(see the book's DATA.md); no evaluation text. "
+        "(see the book's README, section \"Data and the book's own Chinese BERT\"); no evaluation text. "
         f"{state['n_train_docs']} training documents, {state['n_heldout_docs']} held out (seed {cfg['seed']}) "
         "for the MLM/NSP accuracies below.", "",
         "## Model", "",

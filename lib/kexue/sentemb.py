@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .bert.batching import batches_by_length, pool
+from .stats import spearman
 
 
 def _bert(model):
@@ -62,26 +63,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity aᵢ·bᵢ / (|aᵢ||bᵢ|)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-300)
-
-
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties receiving the mean of the ranks they span."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x))
-    start = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    end = np.r_[start[1:], len(x)]
-    for s, e in zip(start, end):
-        ranks[order[s:e]] = (s + e + 1) / 2
-    return ranks
-
-
-def spearman(x, y) -> float:
-    """Spearman's ρ: the Pearson correlation of the (tie-averaged) ranks."""
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / np.sqrt((rx * rx).sum() * (ry * ry).sum()))
 
 
 def char_overlap(s1: list[str], s2: list[str], kind: str = "dice") -> np.ndarray:

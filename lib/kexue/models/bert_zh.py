@@ -1,7 +1,7 @@
 """The book's own small Chinese BERT: a character-level vocabulary, the model configuration, saving
 with a checksum, and loading through ``from_pretrained``.
 
-No Chinese BERT with its MLM and NSP heads is available offline (``DATA.md``), so the book pre-trains
+No Chinese BERT with its MLM and NSP heads is available offline (README, "Data and the book's own Chinese BERT"), so the book pre-trains
 one (``python -m kexue.pretrain``, :mod:`kexue.pretrain`) and the chapters load it with :func:`load`.
 Used by the chapters on NSP zero-shot (https://kexue.fm/archives/8671), PET, BERT-whitening
 (https://kexue.fm/archives/8069) and CoSENT (https://kexue.fm/archives/8847).

