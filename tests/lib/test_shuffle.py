@@ -133,6 +133,62 @@ def test_line_reader_matches_split(data, piece, huge):
     assert reader.added_lines == (1 if data and not data.endswith(b"\n") else 0)
 
 
+def _read_all(data: bytes, piece: int, huge: int, tmp_path) -> tuple[list, list]:
+    """Every (in-memory, streamed) line the reader yields for one file holding ``data``."""
+    class Sink:
+        def __init__(self):
+            self.buf = b""
+
+        def write(self, b):
+            self.buf += b
+
+        def close(self):
+            return self.buf
+
+    path = write(tmp_path, "reader-in", data)
+    mem, streamed = [], []
+    for lines, hug in ksc._LineReader([path], piece, huge, Sink):
+        mem += lines
+        streamed += hug
+    return mem, streamed
+
+
+@pytest.mark.parametrize("before", [b"", b"a\n", b"a\r\n"])
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_line_at_the_in_memory_limit_for_every_line_ending(tmp_path, before, ending, delta):
+    """A last line of the limit ± 1 bytes after every kind of previous line, with every ending
+    (none, LF, CRLF, a lone CR): the reader keeps every line it holds within the limit, streams the
+    rest, and gives split()'s lines; a missing final newline becomes CRLF after a CRLF line, and its
+    \r counts towards the limit (the case of issue 17: it used to be added after the check)."""
+    huge = 64
+    data = before + b"x" * (huge + delta) + ending
+    for piece in (1, 7, huge):
+        mem, streamed = _read_all(data, piece, huge, tmp_path)
+        assert all(len(x) <= huge for x in mem) and all(len(x) > huge for x in streamed)
+        assert sorted(mem + streamed) == sorted(expected_lines(data))
+
+
+def test_verify_passes_for_a_final_line_at_the_limit_after_crlf(tmp_path):
+    """The reproduction of issue 17: a CRLF line, then a last line of exactly the long-line limit
+    without a newline; --verify used to fail ("verification failed") and fair mode to ask for fair mode."""
+    limit = ksc._Budget(ks.parse_size("4096")).huge  # the long-line limit of --mem 4096 (1,024 bytes)
+    src = write(tmp_path, "in.txt", b"a\r\n" + b"x" * limit)
+    out = tmp_path / "out.txt"
+    r = subprocess.run(CLI + [src, "-o", str(out), "--mem", "4096", "--mode", "fair", "--verify", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(out.read_bytes().split(b"\r\n")) == sorted([b"", b"a", b"x" * limit])
+    # the modes that hold every line in memory refuse it, exactly as they refuse the same line
+    # written with its CRLF (limit + 1 bytes with the \r), and say which mode streams it
+    for data in (b"a\r\n" + b"x" * limit, b"a\r\n" + b"x" * limit + b"\r\n"):
+        src = write(tmp_path, "in.txt", data)
+        for mode in set(ks.MODES) - {"fair"}:
+            r = subprocess.run(CLI + [src, "-o", str(out), "--mem", "4096", "--mode", mode, "-q"],
+                               capture_output=True, text=True)
+            assert r.returncode == 1 and "use --mode fair" in r.stderr, (mode, r.returncode, r.stderr)
+
+
 # -- correctness on edge cases --------------------------------------------------------------------
 EDGE_FILES = {
     "empty": b"",

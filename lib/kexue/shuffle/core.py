@@ -268,8 +268,8 @@ class _LineReader:
 
     def _open_huge(self):
         if self.huge_sink is None:
-            raise ShuffleError(f"a line is longer than {format_size(self.huge_limit)} (1/8 of the memory "
-                               "budget): use --mode fair, which streams such lines, or a larger --mem")
+            raise ShuffleError(f"a line is longer than {format_size(self.huge_limit)} (the longest line this "
+                               "--mem holds in memory: an eighth of it, or one read): use --mode fair, which streams such lines, or a larger --mem")
         return self.huge_sink()
 
     def __iter__(self):
@@ -324,10 +324,16 @@ class _LineReader:
                     last_tail, carry = carry[-1:], b""
         if sink is None and not carry:
             return
-        # a final line without a newline gets one, matching the file's line endings
+        # a final line without a newline gets one, matching the file's line endings; the \r it may
+        # get counts towards the in-memory limit, so a line that it pushes over the limit streams
+        # like any other long line (and reads back the same way from the output)
         term = b"\r" if last_cr else b""
         self.added_bytes += 1 + len(term)
         self.added_lines += 1
+        if sink is None and len(carry) + len(term) > self.huge_limit:
+            sink = self._open_huge()
+            sink.write(carry)
+            carry = b""
         if sink is not None:
             sink.write(term)
             yield [], [sink.close()]
