@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sstats
 
@@ -105,6 +105,8 @@ def test_fingerprint_matches_reference(tmp_path):
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=300), piece=st.integers(1, 40), huge=st.integers(40, 80))
+@example(data=b"a\r\n" + b"x" * 40, piece=7, huge=40)  # a final line at the limit, then its added \r
+@example(data=b"\r\n" + b"x" * 41, piece=40, huge=40)
 def test_line_reader_matches_split(data, piece, huge):
     """Pieces as small as one byte, lines longer than the in-memory limit: same lines as split()."""
     sinks = []
