@@ -127,14 +127,18 @@ def gradient_norms_through_time(act: str, rho: float, *, hidden: int = 64, T: in
 
 # -- cells in the article's conventions (eqs. 2, 4, 5, 7) ------------------------------------------
 def init_cell_params(kind: str, d_in: int, hidden: int, *, scale: float = 1.0, members: int | None = None,
-                     generator: torch.Generator | None = None, dtype=torch.float32) -> dict:
+                     generator: torch.Generator | None = None, dtype=torch.float32,
+                     forget_bias: float = 0.0) -> dict:
     """Parameters of a ``kind`` cell: W, U, b ~ U(-s/√H, s/√H) with s = ``scale`` (PyTorch's
     default for its recurrent layers when s = 1). "irnn" is Le et al.'s IRNN: U = I, W ~ N(0, 0.001²)
     (s scales W), b = 0. With ``members`` = E the arrays get a leading E axis of independent draws
-    (b as (E, 1, G·H)), an ensemble trained in one pass
+    (b as (E, 1, G·H)), an ensemble trained in one pass. ``forget_bias`` (LSTM only) is added to
+    the forget gate's bias, the common "forget-gate bias 1" init when 1
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     if kind not in GATES:
         raise ValueError(f"unknown cell {kind!r}; use one of {KINDS}")
+    if forget_bias and kind != "lstm":
+        raise ValueError(f"forget_bias applies to the LSTM only, not to {kind!r}")
     G, E = GATES[kind], members or 1
     bound = scale / math.sqrt(hidden)
 
@@ -147,6 +151,8 @@ def init_cell_params(kind: str, d_in: int, hidden: int, *, scale: float = 1.0, m
              "b": torch.zeros(E, 1, hidden, dtype=dtype)}
     else:
         p = {"W": uni(G * hidden, d_in), "U": uni(G * hidden, hidden), "b": uni(1, G * hidden)}
+    if forget_bias:
+        p["b"][..., :hidden] += forget_bias  # lstm_cell's gate order is f, i, o, ĉ
     if members is None:
         p = {"W": p["W"][0], "U": p["U"][0], "b": p["b"][0, 0]}
     return p
@@ -203,10 +209,12 @@ def su_gru_cell(x, h, c, p):
 def run_cell(kind: str, xs: torch.Tensor, p: dict, hidden: int) -> dict:
     """Run one (unbatched) cell over xs (T, d) from a zero state. Returns the states before each
     step (``state_prev``, (T, H); c for lstm/sugru, h otherwise), the output-gate factor that maps
-    it to h_{t-1} (``out_prev``: o_{t-1} for LSTM, r_{t-1} for SuGRU, ones before step 1), and
-    the stacked gates (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    it to h_{t-1} (``out_prev``: o_{t-1} for LSTM, r_{t-1} for SuGRU), and the stacked gates.
+    Before step 1 the factor is 0: h_0 = 0 is given, not computed from c_0, so the first
+    Jacobian has no path through h_0 (for the LSTM, ∂c_1/∂c_0 = diag(f_1) exactly)
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     h = torch.zeros(hidden, dtype=xs.dtype, device=xs.device)
-    c, out = torch.zeros_like(h), torch.ones_like(h)
+    c, out = torch.zeros_like(h), torch.zeros_like(h)
     prev, outs, gates = [], [], []
     for x in xs:
         prev.append(c if kind in ("lstm", "sugru") else h)
@@ -256,6 +264,128 @@ def secondary_ratio(J: torch.Tensor, dominant: torch.Tensor) -> torch.Tensor:
     part (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     rest = J - torch.diag_embed(dominant)
     return torch.linalg.matrix_norm(rest) / torch.linalg.vector_norm(dominant, dim=-1)
+
+
+def log10_product_norms(J: torch.Tensor, checkpoints, *, start: torch.Tensor | None = None,
+                        rows: slice | None = None) -> np.ndarray:
+    """log10 ‖(J_t ⋯ J_2 J_1 · start)[rows]‖₂ at the steps t in ``checkpoints`` (1-based) for
+    per-step Jacobians J (T, n, n); ``start`` (default the identity) picks the initial directions
+    and ``rows`` the part of the state that is measured. The running product is rescaled every step
+    and the logs of the scales summed, so norms far below float range stay finite (-inf only for
+    an exactly zero product) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    checkpoints = sorted(int(t) for t in checkpoints)
+    if not checkpoints or checkpoints[0] < 1 or checkpoints[-1] > J.shape[0]:
+        raise ValueError(f"checkpoints must lie in 1..{J.shape[0]}; got {checkpoints}")
+    P = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device) if start is None else start.to(J)
+    rows = rows if rows is not None else slice(None)
+    log_scale, out, want = 0.0, [], set(checkpoints)
+    for t in range(1, checkpoints[-1] + 1):
+        P = J[t - 1] @ P
+        s = torch.linalg.matrix_norm(P).item()
+        if s == 0:
+            log_scale = -math.inf
+            P = torch.zeros_like(P)
+        else:
+            log_scale += math.log10(s)
+            P = P / s
+        if t in want:
+            B = P[rows]
+            top = torch.linalg.eigvalsh(B.mT @ B)[-1].clamp_min(0).item()
+            out.append(log_scale + 0.5 * math.log10(top) if top > 0 else -math.inf)
+    return np.array(out)
+
+
+def full_state_jacobians(kind: str, xs: torch.Tensor, p: dict, hidden: int) -> torch.Tensor:
+    """Exact Jacobians (T, 2H, 2H) of one step of an LSTM or the article's variant on its whole state
+    (h, c), from a zero state: unlike :func:`step_jacobians`, which holds the output gate fixed as
+    the article's per-step analysis does, these carry every path, so their product is the true
+    ∂(h_t, c_t)/∂(h_0, c_0) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    from torch.func import jacrev, vmap
+
+    if kind not in ("lstm", "sugru"):
+        raise ValueError(f"full_state_jacobians is for lstm or sugru (the GRU's state is h); got {kind!r}")
+    cell = lstm_cell if kind == "lstm" else su_gru_cell
+    h = torch.zeros(hidden, dtype=xs.dtype, device=xs.device)
+    c = torch.zeros_like(h)
+    states = []
+    for x in xs:
+        states.append(torch.cat([h, c]))
+        h, c, _ = cell(x, h, c, p)
+
+    def step(s, x):
+        h_new, c_new, _ = cell(x, s[:hidden], s[hidden:], p)
+        return torch.cat([h_new, c_new])
+
+    return vmap(jacrev(step))(torch.stack(states), xs)
+
+
+def long_range_norms(kind: str, T: int, checkpoints, *, hidden: int = 64, draws: int = 4,
+                     seed: int = 0, scale: float = 1.0, forget_bias: float = 0.0, params=None,
+                     inputs=None, device=None) -> np.ndarray:
+    """log10 ‖∂s_t/∂s_0‖₂ at ``checkpoints`` for ``draws`` cells run from a zero state over T steps,
+    with every path (s = c for LSTM and the article's variant, with h_0 = 0 given, through
+    :func:`full_state_jacobians`; s = h for the GRUs, through :func:`step_jacobians`), float64: an
+    array (draws, len(checkpoints)). The cells are drawn with :func:`init_cell_params` (``scale``,
+    ``forget_bias``) and fed N(0, 1) inputs of width ``hidden``, unless ``params`` gives a list of
+    trained cells (one per row) with ``inputs(gen, T)`` drawing their inputs (T, d_in). Drawn on the
+    CPU, computed on ``device`` ("几千上万步", https://kexue.fm/archives/7888, chapter
+    ``rnn-gradients``)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    n = len(params) if params is not None else draws
+    for k in range(n):
+        if params is None:
+            xs = torch.randn(T, hidden, generator=gen, dtype=torch.float64)
+            p = init_cell_params(kind, hidden, hidden, scale=scale, generator=gen, dtype=torch.float64,
+                                 forget_bias=forget_bias)
+        else:
+            p = {name: v.detach().to(torch.float64) for name, v in params[k].items()}
+            xs = inputs(gen, T).to(torch.float64)
+        H = p["U"].shape[-1]
+        xs, p = xs.to(device), {name: v.to(device) for name, v in p.items()}
+        if kind in ("lstm", "sugru"):
+            J = full_state_jacobians(kind, xs, p, H)
+            start = torch.eye(2 * H, dtype=torch.float64)[:, H:]  # the directions of c_0 (h_0 = 0 is given)
+            rows.append(log10_product_norms(J, checkpoints, start=start, rows=slice(H, 2 * H)))
+        else:
+            rows.append(log10_product_norms(step_jacobians(kind, xs, p, H)["J"], checkpoints))
+    return np.array(rows)
+
+
+def weight_gradient_contributions(act: str, rho: float, *, hidden: int = 64, T: int = 200,
+                                  draws: int = 4, seed: int = 0, split: int | None = None,
+                                  device=None) -> dict:
+    """The article's second point, measured: the total gradient dL/dU of L = vᵀh_T (v a fixed unit
+    vector) for the simple RNN of :func:`gradient_norms_through_time` (same Q, W, inputs for the
+    same seed), split into the contribution of each step, dL/dU = Σ_t ∂L/∂U_t with U_t the copy of
+    U used at step t. Returns {"total": ‖dL/dU‖_F (draws,), "per_step": ‖∂L/∂U_t‖_F (draws, T),
+    "early": ‖Σ_{t ≤ split} ∂L/∂U_t‖_F and "late": ‖Σ_{t > split} ∂L/∂U_t‖_F (draws,)}, with
+    ``split`` = T // 2 by default ("不意味着总的梯度就为0了", https://kexue.fm/archives/7888,
+    chapter ``rnn-gradients``)."""
+    split = T // 2 if split is None else int(split)
+    if not 0 < split < T:
+        raise ValueError(f"split must lie in 1..{T - 1}; got {split}")
+    if act not in ("tanh", "relu"):
+        raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)])
+    W = torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
+    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64)
+    v = torch.randn(draws, hidden, generator=gen, dtype=torch.float64)
+    v = v / v.norm(dim=-1, keepdim=True)
+    u = (W @ xs)[..., 0].to(device)
+    U = (rho * Q).to(device)
+    deltas = torch.zeros(T, *U.shape, dtype=torch.float64, device=device, requires_grad=True)
+    h = torch.zeros(draws, hidden, dtype=torch.float64, device=device)
+    for t in range(T):
+        pre = u[t] + ((U + deltas[t]) @ h[..., None])[..., 0]
+        h = torch.tanh(pre) if act == "tanh" else torch.relu(pre)
+    (h * v.to(device)).sum().backward()
+    g = deltas.grad  # (T, draws, H, H): ∂L/∂U_t
+    return {"total": torch.linalg.matrix_norm(g.sum(0)).cpu().numpy(),
+            "per_step": torch.linalg.matrix_norm(g).T.cpu().numpy(),
+            "early": torch.linalg.matrix_norm(g[:split].sum(0)).cpu().numpy(),
+            "late": torch.linalg.matrix_norm(g[split:].sum(0)).cpu().numpy()}
 
 
 def lstm_secondary_terms(gates: dict, c_prev: torch.Tensor, o_prev: torch.Tensor, p: dict) -> dict:
@@ -344,10 +474,11 @@ class RecurrentEnsemble(nn.Module):
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
 
     def __init__(self, kind: str, d_in: int, hidden: int, members: int, *, scale: float = 1.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, forget_bias: float = 0.0):
         super().__init__()
         self.kind, self.hidden = kind, hidden
-        p = init_cell_params(kind, d_in, hidden, scale=scale, members=members, generator=generator)
+        p = init_cell_params(kind, d_in, hidden, scale=scale, members=members, generator=generator,
+                             forget_bias=forget_bias)
         self.cell = nn.ParameterDict({k: nn.Parameter(v) for k, v in p.items()})
         bound = 1 / math.sqrt(hidden)
         self.readout = nn.Parameter((torch.rand(members, hidden, 1, generator=generator) * 2 - 1) * bound)
@@ -383,21 +514,37 @@ def clip_grad_norm_per_member(params, max_norm: float) -> torch.Tensor:
     return norms
 
 
+def adding_inputs(generator: torch.Generator, T: int) -> torch.Tensor:
+    """One input sequence (T, 2) of the adding problem (:func:`adding_problem` with batch 1), the
+    inputs a trained adding-problem cell is probed on (https://kexue.fm/archives/7888, chapter
+    ``rnn-gradients``)."""
+    return adding_problem(1, T, generator)[0][0]
+
+
+def member_params(params: dict, e: int) -> dict:
+    """Member ``e`` of an ensemble's cell parameters (``train_adding``'s ``params``) in the shapes of
+    an unbatched :func:`init_cell_params` (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    return {"W": params["W"][e], "U": params["U"][e], "b": params["b"][e, 0]}
+
+
 def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, steps: int = 1000,
                  batch: int = 64, lr: float = 1e-3, clip: float | None = None, eval_every: int = 50,
-                 eval_batch: int = 1000, seed: int = 0, device=None) -> dict:
+                 eval_batch: int = 1000, seed: int = 0, scale: float = 1.0, forget_bias: float = 0.0,
+                 device=None) -> dict:
     """Train E = ``members`` seeds of a ``kind`` cell on the adding problem of length T with Adam
     (MSE loss, fresh data each step, per-member gradient clipping when ``clip`` is set). Every
     ``eval_every`` steps the MSE on a fixed held-out set (its own generator, never trained on) is
-    recorded. Returns {"steps", "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds",
-    "diverged" (E,)}; a member whose loss turns non-finite is marked diverged and its later losses
+    recorded. ``scale`` and ``forget_bias`` go to :func:`init_cell_params`. Returns {"steps",
+    "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds", "diverged" (E,), "params" (the
+    trained cell parameters on the CPU; :func:`member_params` picks one member)}; a member whose loss turns non-finite is marked diverged and its later losses
     are NaN. Data are drawn on the CPU (the same stream on every device); the model and the batches
     live on ``device`` (default CPU) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
     import time
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen).to(device)
+    model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen, scale=scale,
+                              forget_bias=forget_bias).to(device)
     x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed))
     x_ev, y_ev = x_ev.view(members, eval_batch, T, 2).to(device), y_ev.view(members, eval_batch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -432,4 +579,5 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
         if step % eval_every == 0 or step == steps:
             evaluate(step)
     return {"steps": np.array(rec_steps), "eval_mse": np.array(ev), "train_mse": np.array(tr),
-            "seconds": time.perf_counter() - t0, "diverged": diverged.numpy()}
+            "seconds": time.perf_counter() - t0, "diverged": diverged.cpu().numpy(),
+            "params": {k: v.detach().cpu() for k, v in model.cell.items()}}

@@ -292,3 +292,102 @@ def test_device_argument_keeps_the_cpu_numbers():
     assert np.array_equal(ta[("lstm", 1.0)]["ratio"], tb[("lstm", 1.0)]["ratio"])
     kw = dict(members=2, hidden=8, steps=5, batch=8, lr=1e-2, eval_every=5, eval_batch=16, seed=0)
     assert np.array_equal(R.train_adding("gru", 4, **kw)["eval_mse"], R.train_adding("gru", 4, device="cpu", **kw)["eval_mse"])
+
+
+# -- h_0 = 0 is given; long products; the split of the total gradient ------------------------------
+def test_first_jacobian_has_no_path_through_the_given_h0():
+    """h_0 = 0 does not depend on c_0, so ∂c_1/∂c_0 is exactly the gate term (LSTM: diag(f_1);
+    the article's variant: diag(1 − z_1)); later steps do carry the path through h_{t-1}."""
+    gen = torch.Generator().manual_seed(11)
+    H = 6
+    for kind in ("lstm", "sugru"):
+        p = R.init_cell_params(kind, H, H, scale=2.0, generator=gen, dtype=F64)
+        xs = torch.randn(4, H, generator=gen, dtype=F64)
+        r = R.step_jacobians(kind, xs, p, H)
+        assert torch.allclose(r["J"][0], torch.diag_embed(r["dominant"][0]), rtol=0, atol=1e-15)
+        assert not torch.allclose(r["J"][1], torch.diag_embed(r["dominant"][1]))
+
+
+def test_log10_product_norms_match_the_explicit_product():
+    gen = torch.Generator().manual_seed(12)
+    J = 0.6 * torch.randn(30, 5, 5, generator=gen, dtype=F64)
+    got = R.log10_product_norms(J, [1, 7, 30])
+    for t, g in zip([1, 7, 30], got):
+        P = torch.eye(5, dtype=F64)
+        for k in range(t):
+            P = J[k] @ P
+        assert g == pytest.approx(math.log10(torch.linalg.matrix_norm(P, ord=2).item()), abs=1e-9)
+    with pytest.raises(ValueError):
+        R.log10_product_norms(J, [0])
+    assert R.log10_product_norms(torch.zeros(3, 2, 2, dtype=F64), [3])[0] == -math.inf
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "sugru"])
+def test_long_range_norms_match_autograd_of_the_unrolled_cell(kind):
+    H, T = 4, 12
+    got = R.long_range_norms(kind, T, [3, T], hidden=H, draws=2, seed=7, scale=2.0)
+    gen = torch.Generator().manual_seed(7)
+    for row in got:
+        xs = torch.randn(T, H, generator=gen, dtype=F64)
+        p = R.init_cell_params(kind, H, H, scale=2.0, generator=gen, dtype=F64)
+
+        def unrolled(s0, t):
+            h, c = torch.zeros(H, dtype=F64), s0  # h_0 = 0 is given
+            if kind == "gru":
+                h = s0
+            for x in xs[:t]:
+                if kind == "lstm":
+                    h, c, _ = R.lstm_cell(x, h, c, p)
+                elif kind == "sugru":
+                    h, c, _ = R.su_gru_cell(x, h, c, p)
+                else:
+                    h, _ = R.gru_cell(x, h, p)
+            return h if kind == "gru" else c
+
+        for t, g in zip([3, T], row):
+            J = torch.autograd.functional.jacobian(lambda s: unrolled(s, t), torch.zeros(H, dtype=F64))
+            assert g == pytest.approx(math.log10(torch.linalg.matrix_norm(J, ord=2).item()), abs=1e-9)
+
+
+def test_forget_bias_shifts_only_the_forget_gate():
+    a = R.init_cell_params("lstm", 3, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    b = R.init_cell_params("lstm", 3, 4, generator=torch.Generator().manual_seed(1), dtype=F64, forget_bias=1.0)
+    assert torch.equal(b["b"][:4], a["b"][:4] + 1) and torch.equal(b["b"][4:], a["b"][4:])
+    assert torch.equal(a["W"], b["W"]) and torch.equal(a["U"], b["U"])
+    with pytest.raises(ValueError, match="LSTM only"):
+        R.init_cell_params("gru", 3, 4, forget_bias=1.0)
+
+
+def test_weight_gradient_contributions_sum_to_the_autograd_gradient():
+    H, T, draws = 5, 9, 2
+    out = R.weight_gradient_contributions("tanh", 1.2, hidden=H, T=T, draws=draws, seed=4)
+    gen = torch.Generator().manual_seed(4)
+    Q = torch.stack([R.orthogonal_matrix(H, gen) for _ in range(draws)])
+    W = torch.randn(draws, H, H, generator=gen, dtype=F64) / math.sqrt(H)
+    xs = torch.randn(T, draws, H, 1, generator=gen, dtype=F64)
+    v = torch.randn(draws, H, generator=gen, dtype=F64)
+    v = v / v.norm(dim=-1, keepdim=True)
+    U = (1.2 * Q).requires_grad_()
+    h = torch.zeros(draws, H, dtype=F64)
+    for t in range(T):
+        h = torch.tanh((W @ xs[t])[..., 0] + (U @ h[..., None])[..., 0])
+    (h * v).sum().backward()
+    np.testing.assert_allclose(out["total"], torch.linalg.matrix_norm(U.grad).numpy(), rtol=1e-12)
+    # early + late are the two halves of the same sum (triangle inequality, and exact for one half 0)
+    assert (out["early"] + out["late"] >= out["total"] * (1 - 1e-12)).all()
+    with pytest.raises(ValueError, match="split"):
+        R.weight_gradient_contributions("tanh", 1.0, hidden=H, T=T, draws=1, split=T)
+    assert out["per_step"].shape == (draws, T) and (out["per_step"][:, 0] == 0).all()  # h_0 = 0: no U-gradient at step 1
+
+
+def test_train_adding_returns_member_params_in_unbatched_shapes():
+    r = R.train_adding("lstm", 6, members=2, hidden=4, steps=2, batch=4, eval_every=1, eval_batch=8, seed=0)
+    one = R.member_params(r["params"], 1)
+    ref = R.init_cell_params("lstm", 2, 4)
+    assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in ref.items()}
+
+
+def test_adding_inputs_is_one_adding_problem_sequence():
+    x = R.adding_inputs(torch.Generator().manual_seed(0), 10)
+    ref, _ = R.adding_problem(1, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(x, ref[0]) and x.shape == (10, 2) and x[:, 1].sum() == 2
