@@ -35,9 +35,12 @@ def mean_sd(x) -> tuple[float, float]:
 
 
 def fmt_mean_sd(x, digits: int = 3) -> str:
-    """``"0.738 ± 0.015"`` (sd with ddof 1); a single value prints alone."""
+    """``"0.738 ± 0.015"`` (sd with ddof 1); a single value prints alone. Means of a million or
+    more print in scientific notation with ``digits`` significant figures (``"1.74e+23 ± 4.89e+23"``),
+    so that a table cell stays readable."""
     m, s = mean_sd(x)
-    return f"{m:.{digits}f}" if math.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    spec = f".{max(digits - 1, 0)}e" if abs(m) >= 1e6 else f".{digits}f"
+    return f"{m:{spec}}" if math.isnan(s) else f"{m:{spec}} ± {s:{spec}}"
 
 
 def mean_interval(x, level: float = LEVEL) -> tuple[float, float, float]:

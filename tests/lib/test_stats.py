@@ -17,6 +17,8 @@ def test_mean_sd_uses_ddof_1():
     assert math.isnan(stats.mean_sd([3.0])[1])
     assert stats.fmt_mean_sd([0.5, 0.7]) == "0.600 ± 0.141"
     assert stats.fmt_mean_sd([0.5]) == "0.500"
+    assert stats.fmt_mean_sd([1e23, 3e23]) == "2.00e+23 ± 1.41e+23"
+    assert stats.fmt_mean_sd([999_999.0]) == "999999.000"
 
 
 def test_mean_interval_is_the_t_interval():
