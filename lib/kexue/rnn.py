@@ -521,6 +521,16 @@ def adding_inputs(generator: torch.Generator, T: int) -> torch.Tensor:
     return adding_problem(1, T, generator)[0][0]
 
 
+def scored_final_mse(run: dict, diverged_mse: float = TRIVIAL_ADDING_MSE) -> np.ndarray:
+    """Each member's final test MSE of a :func:`train_adding` run, a member that diverged (or whose
+    last evaluation is not finite) scored at ``diverged_mse`` (default the trivial baseline 1/6)
+    (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    last = np.asarray(run["eval_mse"][-1], dtype=float).copy()
+    bad = np.asarray(run["diverged"], dtype=bool) | ~np.isfinite(last)
+    last[bad] = diverged_mse
+    return last
+
+
 def member_params(params: dict, e: int) -> dict:
     """Member ``e`` of an ensemble's cell parameters (``train_adding``'s ``params``) in the shapes of
     an unbatched :func:`init_cell_params` (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""

@@ -391,3 +391,10 @@ def test_adding_inputs_is_one_adding_problem_sequence():
     x = R.adding_inputs(torch.Generator().manual_seed(0), 10)
     ref, _ = R.adding_problem(1, 10, torch.Generator().manual_seed(0))
     assert torch.equal(x, ref[0]) and x.shape == (10, 2) and x[:, 1].sum() == 2
+
+
+def test_scored_final_mse_puts_diverged_members_at_the_baseline():
+    run = {"eval_mse": np.array([[1.0, 1.0, 1.0], [0.01, np.nan, 0.02]]), "diverged": np.array([False, True, False])}
+    np.testing.assert_allclose(R.scored_final_mse(run), [0.01, 1 / 6, 0.02])
+    run["eval_mse"][-1, 2] = np.inf
+    np.testing.assert_allclose(R.scored_final_mse(run, 0.5), [0.01, 0.5, 0.5])
