@@ -445,17 +445,23 @@ def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int =
 
 
 # -- the adding problem and training (exp. D) ------------------------------------------------------
-def adding_problem(batch: int, T: int, generator: torch.Generator | None = None, dtype=torch.float32):
+def adding_problem(batch: int, T: int, generator: torch.Generator | None = None, dtype=torch.float32,
+                   recent: bool = False):
     """Hochreiter & Schmidhuber's adding problem: x (batch, T, 2) with channel 0 ~ U(0, 1) and
     channel 1 a marker equal to 1 at one position in the first half and one in the second half
     (T ≥ 2), else 0; target y = sum of the two marked values. Predicting the constant E[y] = 1 gives
-    MSE Var(y) = 2·(1/12) = 1/6 (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    MSE Var(y) = 2·(1/12) = 1/6. With ``recent`` the two markers sit at the last two steps: the same
+    values and target rule, a task that needs no history (the control of the forget-gate claim);
+    the random draws are the same as without it (https://kexue.fm/archives/7888, chapter
+    ``rnn-gradients``)."""
     if T < 2:
         raise ValueError("the adding problem needs T >= 2")
     values = torch.rand(batch, T, generator=generator, dtype=dtype)
     half = T // 2
     first = torch.randint(0, half, (batch,), generator=generator)
     second = torch.randint(half, T, (batch,), generator=generator)
+    if recent:
+        first, second = torch.full_like(first, T - 2), torch.full_like(second, T - 1)
     marks = torch.zeros(batch, T, dtype=dtype)
     rows = torch.arange(batch)
     marks[rows, first] = 1
@@ -531,6 +537,25 @@ def scored_final_mse(run: dict, diverged_mse: float = TRIVIAL_ADDING_MSE) -> np.
     return last
 
 
+@torch.no_grad()
+def mean_forget_gate(params: dict, T: int, *, n: int = 256, seed: int = 0, recent: bool = False) -> np.ndarray:
+    """Per member of a trained LSTM ensemble (``train_adding``'s ``params``), the mean forget gate f_t
+    over all steps, units and ``n`` fresh adding-problem sequences of length T (``recent`` as in
+    :func:`adding_problem`): how much of its memory the trained cell keeps per step ("如果我们的任务
+    比较依赖于历史信息，那么f_t就会接近于1", https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    E = params["W"].shape[0]
+    x, _ = adding_problem(E * n, T, torch.Generator().manual_seed(seed), recent=recent)
+    x = x.view(E, n, T, 2).to(params["W"])
+    H = params["U"].shape[-1]
+    h = x.new_zeros(E, n, H)
+    c = torch.zeros_like(h)
+    total = torch.zeros(E, dtype=torch.float64)
+    for t in range(T):
+        h, c, g = lstm_cell(x[:, :, t], h, c, params)
+        total += g["f"].double().mean(dim=(1, 2)).cpu()
+    return (total / T).numpy()
+
+
 def member_params(params: dict, e: int) -> dict:
     """Member ``e`` of an ensemble's cell parameters (``train_adding``'s ``params``) in the shapes of
     an unbatched :func:`init_cell_params` (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
@@ -540,11 +565,12 @@ def member_params(params: dict, e: int) -> dict:
 def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, steps: int = 1000,
                  batch: int = 64, lr: float = 1e-3, clip: float | None = None, eval_every: int = 50,
                  eval_batch: int = 1000, seed: int = 0, scale: float = 1.0, forget_bias: float = 0.0,
-                 device=None) -> dict:
+                 recent: bool = False, device=None) -> dict:
     """Train E = ``members`` seeds of a ``kind`` cell on the adding problem of length T with Adam
     (MSE loss, fresh data each step, per-member gradient clipping when ``clip`` is set). Every
     ``eval_every`` steps the MSE on a fixed held-out set (its own generator, never trained on) is
-    recorded. ``scale`` and ``forget_bias`` go to :func:`init_cell_params`. Returns {"steps",
+    recorded. ``scale`` and ``forget_bias`` go to :func:`init_cell_params`; ``recent`` trains and
+    evaluates the no-history variant of :func:`adding_problem`. Returns {"steps",
     "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds", "diverged" (E,), "params" (the
     trained cell parameters on the CPU; :func:`member_params` picks one member)}; a member whose loss turns non-finite is marked diverged and its later losses
     are NaN. Data are drawn on the CPU (the same stream on every device); the model and the batches
@@ -555,7 +581,7 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
     gen = torch.Generator().manual_seed(seed)
     model = RecurrentEnsemble(kind, 2, hidden, members, generator=gen, scale=scale,
                               forget_bias=forget_bias).to(device)
-    x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed))
+    x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed), recent=recent)
     x_ev, y_ev = x_ev.view(members, eval_batch, T, 2).to(device), y_ev.view(members, eval_batch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rec_steps, ev, tr = [], [], []
@@ -571,7 +597,7 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
     t0 = time.perf_counter()
     evaluate(0)
     for step in range(1, steps + 1):
-        x, y = adding_problem(members * batch, T, gen)
+        x, y = adding_problem(members * batch, T, gen, recent=recent)
         x, y = x.view(members, batch, T, 2).to(x_ev.device), y.view(members, batch).to(x_ev.device)
         per = (model(x) - y).pow(2).mean(dim=1)
         bad = ~torch.isfinite(per)

@@ -398,3 +398,27 @@ def test_scored_final_mse_puts_diverged_members_at_the_baseline():
     np.testing.assert_allclose(R.scored_final_mse(run), [0.01, 1 / 6, 0.02])
     run["eval_mse"][-1, 2] = np.inf
     np.testing.assert_allclose(R.scored_final_mse(run, 0.5), [0.01, 0.5, 0.5])
+
+
+def test_recent_adding_problem_keeps_the_values_and_moves_the_markers():
+    x, y = R.adding_problem(6, 9, torch.Generator().manual_seed(2))
+    xr, yr = R.adding_problem(6, 9, torch.Generator().manual_seed(2), recent=True)
+    assert torch.equal(x[..., 0], xr[..., 0])
+    assert (xr[:, -2:, 1] == 1).all() and xr[:, :-2, 1].sum() == 0
+    assert torch.allclose(yr, xr[:, -2:, 0].sum(1))
+
+
+def test_mean_forget_gate_matches_a_loop_over_members():
+    r = R.train_adding("lstm", 5, members=2, hidden=3, steps=1, batch=2, eval_every=1, eval_batch=4, seed=1)
+    got = R.mean_forget_gate(r["params"], 5, n=3, seed=4)
+    x, _ = R.adding_problem(2 * 3, 5, torch.Generator().manual_seed(4))
+    x = x.view(2, 3, 5, 2)
+    for e in range(2):
+        p = R.member_params(r["params"], e)
+        fs = []
+        for b in range(3):
+            h = c = torch.zeros(3)
+            for t in range(5):
+                h, c, g = R.lstm_cell(x[e, b, t], h, c, p)
+                fs.append(g["f"])
+        assert got[e] == pytest.approx(torch.stack(fs).double().mean().item(), rel=1e-6)
