@@ -25,10 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import stats
-from .train import fit  # noqa: F401 (Adam on the trainable params, early stopping on dev)
 from .bert.batching import batches_by_length, pad_right
 from .bert.heads import ClsHeadClassifier, classifier_logits, device_of, label_word_logits
 from .bert.objective import IGNORE, Vocab, mask_tokens, vocab_of
+from .train import fit
 from .zeroshot import accuracy, fixed_subset, pet_label_scores
 from .zeroshot import calibrate as zeroshot_calibrate
 

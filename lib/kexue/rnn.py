@@ -116,13 +116,21 @@ def gradient_norms_through_time(act: str, rho: float, *, hidden: int = 64, T: in
     (Q, W, inputs): an array (draws, T). The same seed gives the same Q, W and inputs for tanh
     and ReLU and every ρ; they are drawn on the CPU and computed on ``device`` (default CPU)
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
-    gen = torch.Generator().manual_seed(seed)
-    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)]).to(device)
-    W = (torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)).to(device)
-    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64).to(device)
-    u = (W @ xs)[..., 0]
+    Q, u, _ = _simple_rnn_draws(hidden, T, draws, seed)
+    u = u.to(device)
     h0 = torch.zeros(draws, hidden, dtype=torch.float64, device=u.device)
-    return log10_jacobian_norms(act, rho * Q, u, h0).T.cpu().numpy()
+    return log10_jacobian_norms(act, rho * Q.to(device), u, h0).T.cpu().numpy()
+
+
+def _simple_rnn_draws(hidden: int, T: int, draws: int, seed: int):
+    """The draws shared by experiment B's functions, on the CPU: Q (draws, H, H) Haar orthogonal,
+    the pre-inputs u = W x (T, draws, H) with Var(W) = 1/H and N(0, 1) inputs, and the generator
+    (for any further draws)."""
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)])
+    W = torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
+    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64)
+    return Q, (W @ xs)[..., 0], gen
 
 
 # -- cells in the article's conventions (eqs. 2, 4, 5, 7) ------------------------------------------
@@ -367,13 +375,10 @@ def weight_gradient_contributions(act: str, rho: float, *, hidden: int = 64, T: 
         raise ValueError(f"split must lie in 1..{T - 1}; got {split}")
     if act not in ("tanh", "relu"):
         raise ValueError(f"act must be 'tanh' or 'relu', got {act!r}")
-    gen = torch.Generator().manual_seed(seed)
-    Q = torch.stack([orthogonal_matrix(hidden, gen) for _ in range(draws)])
-    W = torch.randn(draws, hidden, hidden, generator=gen, dtype=torch.float64) / math.sqrt(hidden)
-    xs = torch.randn(T, draws, hidden, 1, generator=gen, dtype=torch.float64)
+    Q, u, gen = _simple_rnn_draws(hidden, T, draws, seed)
     v = torch.randn(draws, hidden, generator=gen, dtype=torch.float64)
     v = v / v.norm(dim=-1, keepdim=True)
-    u = (W @ xs)[..., 0].to(device)
+    u = u.to(device)
     U = (rho * Q).to(device)
     deltas = torch.zeros(T, *U.shape, dtype=torch.float64, device=device, requires_grad=True)
     h = torch.zeros(draws, hidden, dtype=torch.float64, device=device)

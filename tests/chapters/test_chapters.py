@@ -140,10 +140,8 @@ def test_records_match_their_registration(nb_path):
         if reg is None:
             if scale == "large":  # recorded before registration existed; flagged on the scoreboard
                 continue
-            # a record from before registrations existed: its re-run is pending (the scoreboard
-            # flags it "unregistered"); never counted as a pass
-            pytest.xfail(f"results/{nb_path.stem}.json predates the registration: register the claims "
-                         f"in {nb_path.stem}.claims.yml, commit it alone, and re-run the chapter")
+            pytest.fail(f"results/{nb_path.stem}.json has no registration: register the claims in "
+                        f"{nb_path.stem}.claims.yml, commit it alone, and re-run the chapter")
         assert reg.get("commit"), f"{scale} record of {nb_path.stem} names no registration commit ({reg})"
         text = _git(["show", f"{reg['commit']}:{reg['file']}"], ROOT)
         assert text is not None, f"registration commit {reg['commit'][:10]} ({reg['file']}) is not in this clone"
