@@ -210,13 +210,17 @@ def fixed_eval_batches(corpus: MarkovCorpus, n_batches: int, batch: int, seq_len
 def train_mlm(model, corpus: MarkovCorpus, *, steps: int, batch: int, seq_len: int, lr: float,
               warmup: int, weight_decay: float = 0.01, eps: float = 1e-6,
               betas: tuple = (0.9, 0.999), eval_batches: list | None = None,
-              eval_every: int = 0, seed: int = 0, diverge_loss: float | None = None) -> dict:
+              eval_every: int = 0, seed: int = 0, diverge_loss: float | None = None,
+              track_every: int = 0) -> dict:
     """AdamW on the MLM loss with BERT's schedule (:func:`warmup_linear`), no gradient clipping.
 
     Returns ``{"loss": per-step train loss, "eval_step", "eval_loss", "diverged_at", "seconds"}``.
     A run that reaches a non-finite loss (or one above ``diverge_loss``) stops there; its
-    remaining losses are NaN and ``diverged_at`` is that step
-    (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    remaining losses are NaN and ``diverged_at`` is that step. With ``track_every`` > 0 it also
+    returns ``track_step`` (0, then every ``track_every`` steps), ``rel_change`` (one row per
+    tracked step: :func:`block_relative_change` of every encoder block) and ``emb_norm`` (mean
+    L2 norm of the token-embedding rows) (https://kexue.fm/archives/8747, chapter
+    ``bert-init-std``: "越靠后的层学习得越快" and the embedding-versus-γ argument)."""
     opt = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_linear(s, warmup, steps))
     rng = np.random.default_rng(seed)
@@ -224,8 +228,19 @@ def train_mlm(model, corpus: MarkovCorpus, *, steps: int, batch: int, seq_len: i
     dev = next(model.parameters()).device
     losses = np.full(steps, np.nan)
     ev_step, ev_loss, diverged = [], [], None
+    tracked = {"track_step": [], "rel_change": [], "emb_norm": []} if track_every > 0 else None
+    init = [[p.detach().clone() for p in layer.parameters() if p.ndim == 2]
+            for layer in model.encoder.layers] if tracked else None
+
+    def track(step):
+        tracked["track_step"].append(step)
+        tracked["rel_change"].append(block_relative_change(model.encoder, init))
+        tracked["emb_norm"].append(model.encoder.tok_emb.weight.detach().norm(dim=1).mean().item())
+
     t0 = time.perf_counter()
     model.train()
+    if tracked:
+        track(0)
     for step in range(steps):
         inputs, labels = mlm_mask(sample_windows(corpus.train, batch, seq_len, rng),
                                   corpus.mask_id, corpus.vocab, generator=g)
@@ -239,11 +254,30 @@ def train_mlm(model, corpus: MarkovCorpus, *, steps: int, batch: int, seq_len: i
         loss.backward()
         opt.step()
         sched.step()
+        if tracked and (step + 1) % track_every == 0:
+            track(step + 1)
         if eval_batches and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
             ev_step.append(step + 1)
             ev_loss.append(mlm_eval_loss(model, corpus, eval_batches))
-    return {"loss": losses, "eval_step": ev_step, "eval_loss": ev_loss, "diverged_at": diverged,
-            "seconds": time.perf_counter() - t0}
+    out = {"loss": losses, "eval_step": ev_step, "eval_loss": ev_loss, "diverged_at": diverged,
+           "seconds": time.perf_counter() - t0}
+    if tracked:
+        out.update(tracked, rel_change=np.array(tracked["rel_change"]))
+    return out
+
+
+def block_relative_change(encoder, init: list[list[torch.Tensor]]) -> list[float]:
+    """For each encoder block: ‖W − W₀‖ / ‖W₀‖ over its weight matrices (Q, K, V, O, FFN in/out)
+    taken together, against ``init`` (those matrices at initialisation, block by block). How far
+    each layer has moved from its init: the per-layer learning speed of
+    https://kexue.fm/archives/8747 (chapter ``bert-init-std``)."""
+    out = []
+    for layer, w0 in zip(encoder.layers, init):
+        ws = [p.detach() for p in layer.parameters() if p.ndim == 2]
+        num = sum((w.double() - v.double()).pow(2).sum().item() for w, v in zip(ws, w0))
+        den = sum(v.double().pow(2).sum().item() for v in w0)
+        out.append(math.sqrt(num / den))
+    return out
 
 
 def last_ln_gamma_ratio(gammas: dict) -> float:
@@ -296,3 +330,35 @@ def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int
     out["gammas"] = model.layer_norm_gammas()
     out["gamma_ratio"] = last_ln_gamma_ratio(out["gammas"])
     return out
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(corpus, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["corpus"] = corpus
+
+
+def _worker_run(kw: dict) -> dict:
+    return run_mlm(_WORKER["corpus"], **kw)
+
+
+def run_mlm_many(corpus: MarkovCorpus, runs: list[dict], *, workers: int = 1) -> list[dict]:
+    """:func:`run_mlm` for each keyword dict in ``runs``, in order. With ``workers`` > 1 the runs
+    go to that many fresh processes with one torch thread each (on a small CPU several one-thread
+    runs side by side finish sooner than one multi-threaded run after another; each run is seeded
+    by its own ``seed``, so the outcome does not depend on which process runs it). Use
+    ``workers=1`` on a GPU (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        return [run_mlm(corpus, **kw) for kw in runs]
+    if any(kw.get("device") not in (None, "cpu", torch.device("cpu")) for kw in runs):
+        raise ValueError("run_mlm_many: workers > 1 is for the CPU; use workers=1 with a GPU device")
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(corpus, 1)) as pool:
+        return list(pool.map(_worker_run, runs))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -289,3 +290,24 @@ def probe_init(ids: torch.Tensor, *, norm: str, std: float, trunc: bool, n_layer
     out["grad_norms"] = layer_grad_norms(model.encoder)
     out["loss"] = loss.item()
     return out
+
+
+def init_grad_norms(ids: torch.Tensor, *, norm: str, std: float, trunc: bool, seeds: list[int],
+                    n_layers: int = 12, d: int = 768, heads: int = 12, ffn: int = 3072,
+                    vocab: int = 2000, device=None) -> np.ndarray:
+    """Per-layer weight-gradient norms at initialisation over independent init draws: for each
+    seed a fresh :class:`BertMLM` is initialised with :func:`init_bert_` and a
+    :func:`random_target_mlm_loss` on ``ids`` is back-propagated (weights and targets drawn on the
+    CPU from ``torch.Generator().manual_seed(seed)``). Returns an array (len(seeds), n_layers) of
+    :func:`layer_grad_norms`: the statement "越靠近输入的层梯度越小" of
+    https://kexue.fm/archives/8747 measured over draws (chapter ``bert-init-std``)."""
+    rows = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        model = BertMLM(vocab, n_layers, d, heads, ffn, max_len=ids.shape[1], norm=norm)
+        init_bert_(model, std, trunc, generator=gen)
+        model.to(device)
+        loss = random_target_mlm_loss(model, ids.to(device), generator=gen)
+        loss.backward()
+        rows.append(layer_grad_norms(model.encoder))
+    return np.array(rows)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kexue import mlm
-from kexue.mlm import (IGNORE, fixed_eval_batches, last_ln_gamma_ratio,
+from kexue.mlm import (IGNORE, block_relative_change, fixed_eval_batches, last_ln_gamma_ratio,
                        markov_corpus, mlm_mask, run_mlm, sample_windows, train_mlm,
                        zipf_unigram)
 from kexue.transformer import BertMLM
@@ -154,3 +154,52 @@ def test_head_minus_last_gamma():
     assert abs(mlm.head_minus_last_gamma(g) - 0.75) < 1e-12
     with pytest.raises(ValueError, match="head_transform"):
         mlm.head_minus_last_gamma({k: v for k, v in g.items() if k != "head"})
+
+
+def test_block_relative_change_matches_a_manual_norm():
+    model = BertMLM(10, 2, 8, 2, 16, max_len=4)
+    init = [[p.detach().clone() for p in layer.parameters() if p.ndim == 2] for layer in model.encoder.layers]
+    assert block_relative_change(model.encoder, init) == [0.0, 0.0]
+    with torch.no_grad():
+        model.encoder.layers[1].ffn.fc1.weight.add_(1.0)  # 16×8 entries moved by 1
+        model.encoder.layers[1].ln1.weight.add_(5.0)      # LN parameters are not counted
+    layer = model.encoder.layers[1]
+    den = sum(float((m.weight.detach().double() ** 2).sum()) for m in
+              (layer.attn.q, layer.attn.k, layer.attn.v, layer.attn.o, layer.ffn.fc2))
+    den += float(((layer.ffn.fc1.weight.detach().double() - 1.0) ** 2).sum())
+    got = block_relative_change(model.encoder, init)
+    assert got[0] == 0.0 and got[1] == pytest.approx(math.sqrt(16 * 8 / den), rel=1e-6)  # float32 weights
+
+
+def test_train_mlm_tracks_layer_changes_and_embedding_norm(tiny):
+    torch.manual_seed(0)
+    model = BertMLM(8, 2, 16, 2, 32, max_len=16)
+    emb0 = model.encoder.tok_emb.weight.detach().norm(dim=1).mean().item()
+    out = train_mlm(model, tiny, steps=12, batch=8, seq_len=16, lr=3e-3, warmup=0, track_every=4)
+    assert out["track_step"] == [0, 4, 8, 12] and out["rel_change"].shape == (4, 2)
+    assert np.all(out["rel_change"][0] == 0) and np.all(out["rel_change"][1:] > 0)
+    assert np.all(np.diff(out["rel_change"], axis=0) > 0)  # moves further from init every 4 Adam steps here
+    assert out["emb_norm"][0] == pytest.approx(emb0) and out["emb_norm"][-1] != out["emb_norm"][0]
+    plain = train_mlm(BertMLM(8, 2, 16, 2, 32, max_len=16), tiny, steps=2, batch=8, seq_len=16, lr=3e-3, warmup=0)
+    assert "rel_change" not in plain
+
+
+def test_run_mlm_many_matches_one_thread_runs_in_order(tiny):
+    kw = dict(n_layers=1, d=16, heads=2, ffn=32, seq_len=16, steps=20, batch=8, lr=3e-3, warmup=2,
+              init_std=0.1, eval_every=10, eval_batches=fixed_eval_batches(tiny, 1, 8, 16, seed=1))
+    runs = [dict(kw, seed=s) for s in (0, 1, 2)]
+    par = mlm.run_mlm_many(tiny, runs, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = mlm.run_mlm_many(tiny, runs, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(par, seq):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-6)
+    assert not np.allclose(par[0]["loss"], par[1]["loss"])
+    with pytest.raises(ValueError, match="at least 1"):
+        mlm.run_mlm_many(tiny, runs, workers=0)
+    with pytest.raises(ValueError, match="GPU"):
+        mlm.run_mlm_many(tiny, [dict(kw, device="cuda")], workers=2)

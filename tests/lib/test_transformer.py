@@ -1,12 +1,13 @@
 """Tests of kexue.transformer: parity with transformers' BERT, the init, the probes."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kexue.init import truncated_normal_std
-from kexue.transformer import (BertMLM, EncoderLayer, TransformerEncoder, identity_path_error, probe_init,
+from kexue.transformer import (BertMLM, EncoderLayer, TransformerEncoder, identity_path_error, init_grad_norms, probe_init,
                                init_bert_, layer_grad_norms, random_target_mlm_loss,
                                residual_profile, standardize)
 
@@ -236,3 +237,18 @@ def test_probe_init_device_argument_keeps_the_cpu_numbers():
     a = probe_init(ids, generator=torch.Generator().manual_seed(1), **kw)
     b = probe_init(ids, generator=torch.Generator().manual_seed(1), device="cpu", **kw)
     assert a["rho_meas"] == b["rho_meas"] and a["grad_norms"] == b["grad_norms"] and a["loss"] == b["loss"]
+
+
+def test_init_grad_norms_repeat_a_manual_draw_per_seed():
+    """Each row is the layer_grad_norms of a fresh model initialised and probed from its own seed."""
+    ids = torch.randint(0, 30, (2, 8), generator=torch.Generator().manual_seed(0))
+    kw = dict(n_layers=3, d=16, heads=2, ffn=32, vocab=30)
+    out = init_grad_norms(ids, norm="post", std=0.05, trunc=False, seeds=[4, 9], **kw)
+    assert out.shape == (2, 3)
+    for row, seed in zip(out, (4, 9)):
+        gen = torch.Generator().manual_seed(seed)
+        model = BertMLM(30, 3, 16, 2, 32, max_len=8, norm="post")
+        init_bert_(model, 0.05, False, generator=gen)
+        random_target_mlm_loss(model, ids, generator=gen).backward()
+        np.testing.assert_allclose(row, layer_grad_norms(model.encoder), rtol=1e-12)
+    assert not np.allclose(out[0], out[1])  # independent draws
