@@ -69,3 +69,58 @@ def init_dense_(weight: torch.Tensor, mode: str, gain: float = 1.0,
     n, m = weight.shape
     std = gain / math.sqrt(fan_average(m, n, mode))
     return weight.normal_(0.0, std, generator=generator)
+
+
+# -- the averaging rules in a Transformer's FFN (chapter ``xavier-averaging``, issue 17) ------------
+@torch.no_grad()
+def init_ffn_(model: torch.nn.Module, mode: str, gain: float = 1.0,
+              generator: torch.Generator | None = None) -> torch.nn.Module:
+    """Re-initialise the two matrices of every position-wise FFN (``kexue.transformer.FeedForward``:
+    fc1 d→ffn, fc2 ffn→d) with :func:`init_dense_` (each with its own fans, Var = gain²/fan_average)
+    and their biases at 0; every other parameter is left alone. In order: fc1 then fc2 of each
+    block, from ``generator``, so every rule scales the same standard-normal draws
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    from .transformer import FeedForward
+
+    found = 0
+    for module in model.modules():
+        if isinstance(module, FeedForward):
+            for layer in (module.fc1, module.fc2):
+                init_dense_(layer.weight, mode, gain, generator=generator)
+                layer.bias.zero_()
+            found += 1
+    if not found:
+        raise ValueError("the model has no kexue.transformer.FeedForward block")
+    return model
+
+
+def build_mlm_ffn_rule(vocab: int, *, mode: str, n_layers: int, d: int, heads: int, ffn: int,
+                       seq_len: int, seed: int = 0, gain: float = 1.0, norm: str = "post"):
+    """A :class:`kexue.transformer.BertMLM` whose square matrices and embeddings are N(0, 1/d)
+    (:func:`kexue.transformer.init_bert_` with std 1/√d, untruncated: what every averaging rule
+    gives a d×d matrix) and whose FFN matrices follow the rule ``mode`` (:func:`init_ffn_`). The
+    base draws come from ``seed``, the FFN's from ``seed + 1`` (both CPU generators), so two rules
+    at one seed differ only in the scale of the FFN weights (https://kexue.fm/archives/8725,
+    chapter ``xavier-averaging``)."""
+    from .transformer import BertMLM, init_bert_
+
+    torch.manual_seed(seed)
+    model = BertMLM(vocab, n_layers, d, heads, ffn, max_len=seq_len, norm=norm)
+    init_bert_(model, 1.0 / math.sqrt(d), trunc=False, generator=torch.Generator().manual_seed(seed))
+    init_ffn_(model, mode, gain, generator=torch.Generator().manual_seed(seed + 1))
+    return model
+
+
+def run_mlm_ffn_rule(corpus, *, mode: str, n_layers: int, d: int, heads: int, ffn: int,
+                     seq_len: int, seed: int = 0, gain: float = 1.0, norm: str = "post",
+                     device=None, **train_kw) -> dict:
+    """Build :func:`build_mlm_ffn_rule` for ``corpus`` (vocabulary = its tokens + [MASK]), move it to
+    ``device`` and train it with :func:`kexue.mlm.train_mlm` (AdamW, BERT's warm-up schedule, data
+    stream and masks from ``seed``); returns that result (https://kexue.fm/archives/8725, chapter
+    ``xavier-averaging``)."""
+    from .mlm import train_mlm
+
+    model = build_mlm_ffn_rule(corpus.vocab + 1, mode=mode, n_layers=n_layers, d=d, heads=heads,
+                               ffn=ffn, seq_len=seq_len, seed=seed, gain=gain, norm=norm)
+    model.to(device)
+    return train_mlm(model, corpus, seq_len=seq_len, seed=seed, **train_kw)

@@ -97,18 +97,27 @@ def alternating_widths(d_in: int = 64, wide: int = 256, n_layers: int = 20) -> l
 
 
 def alternating_mlp(widths: list[int], act: str = "tanh", init_mode: str = "geo", *, gain: float = 1.0,
-                    bias: bool = True, generator: torch.Generator | None = None) -> nn.Sequential:
+                    bias: bool = True, generator: torch.Generator | None = None,
+                    io_mode: str | None = None) -> nn.Sequential:
     """MLP Linear(widths[0]→widths[1]), act, Linear(widths[1]→widths[2]), act, …, Linear(→widths[-1]).
 
     Every weight is drawn by ``kexue.init.init_dense_(w, init_mode, gain)`` with its own (m, n),
     Var = gain²/fan_average(m, n, init_mode); biases start at zero; no activation after the last
-    layer (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
-    if init_mode not in FAN_MODES:
-        raise ValueError(f"unknown init mode {init_mode!r}; use one of {FAN_MODES}")
+    layer. With ``io_mode`` the first layer uses ``io_mode`` (with ``gain``) and the last layer
+    ``io_mode`` with gain 1 instead, so that several rules can be compared on the interior layers
+    alone; the draws are the same either way (https://kexue.fm/archives/8725, chapter
+    ``xavier-averaging``)."""
+    for mode in (init_mode, io_mode):
+        if mode is not None and mode not in FAN_MODES:
+            raise ValueError(f"unknown init mode {mode!r}; use one of {FAN_MODES}")
     mods: list[nn.Module] = []
+    last = len(widths) - 2
     for k, (m, n) in enumerate(zip(widths[:-1], widths[1:])):
         layer = nn.Linear(m, n, bias=bias)
-        init_dense_(layer.weight, init_mode, gain, generator=generator)
+        mode, g = init_mode, gain
+        if io_mode is not None and k in (0, last):
+            mode, g = io_mode, (gain if k == 0 else 1.0)
+        init_dense_(layer.weight, mode, g, generator=generator)
         if bias:
             nn.init.zeros_(layer.bias)
         mods.append(layer)
@@ -211,3 +220,111 @@ def end_to_end_ratios(profile: dict) -> dict:
     f = profile["forward"].mean(axis=0)
     b = profile["backward"].mean(axis=0)
     return {"forward": float(f[-1] / f[0]), "backward": float(b[0] / b[-1])}
+
+
+# -- training studies (issue 17: does the averaging rule matter in training?) ---------------------
+def two_spirals(n: int, turns: float = 3.0, noise: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` points of the two-spirals problem: class c ∈ {0, 1} (fair coin), u ~ U(0, 1),
+    radius r = √u (uniform density over the disc), angle 2π·turns·r + π·c, x = 2r(cos, sin) + noise·N(0, I)
+    (so E[x²] ≈ 1 per coordinate). Telling the arms apart needs a function that oscillates ``turns``
+    times along the radius, which deep nets fit in far fewer steps than shallow ones. Returns float32
+    X (n, 2) and int64 y (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    r = np.sqrt(rng.random(n))
+    angle = 2 * math.pi * turns * r + math.pi * y
+    X = 2 * r[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1) + noise * rng.standard_normal((n, 2))
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+
+
+def spirals_split(n_train: int, n_val: int, n_test: int, *, turns: float = 3.0, noise: float = 0.0,
+                  seed: int = 0) -> dict:
+    """Independent train / val / test draws of :func:`two_spirals` (seeds ``seed``, ``seed+1``,
+    ``seed+2``) as the dict ``X_train, y_train, X_val, y_val, X_test, y_test``
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    out = {}
+    for i, (name, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        out[f"X_{name}"], out[f"y_{name}"] = two_spirals(n, turns, noise, seed + i)
+    return out
+
+
+def train_early_stopped(model: nn.Module, data: dict, *, lr: float, steps: int, batch_size: int,
+                        eval_every: int, seed: int = 0) -> dict:
+    """Adam (lr ``lr``, no weight decay) on the cross-entropy for ``steps`` minibatch steps through
+    :func:`kexue.train.fit`, validation accuracy every ``eval_every`` steps, the best validation
+    checkpoint restored (early stopping). Returns ``val_acc`` (best), ``test_acc`` (at that
+    checkpoint), ``best_step``, ``init_test_acc`` (before any step) and ``seconds``. A diverged
+    model (non-finite logits) scores as wrong on every example
+    (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    import time
+
+    from .train import accuracy, fit
+
+    t0 = time.perf_counter()
+    X, y = data["X_train"], data["y_train"]
+    init_acc = accuracy(model, data["X_test"], data["y_test"])
+
+    def loss_on(idx, rng):
+        idx = torch.as_tensor(idx, device=X.device)
+        return nn.functional.cross_entropy(model(X[idx]), y[idx])
+
+    out = fit(list(model.parameters()), loss_on, len(X), steps=steps, batch_size=batch_size,
+              evaluate=lambda: accuracy(model, data["X_val"], data["y_val"]), eval_every=eval_every,
+              lr=lr, seed=seed)
+    return {"val_acc": out["best_dev"], "test_acc": accuracy(model, data["X_test"], data["y_test"]),
+            "best_step": out["best_step"], "init_test_acc": init_acc,
+            "seconds": time.perf_counter() - t0}
+
+
+def rule_lr_grid(widths: list[int], act: str, rules, data: dict, *, lrs, seeds, gain: float = 1.0,
+                 io_mode: str | None = None, device=None, **train_kw) -> dict:
+    """For every rule × learning rate × seed, train ``alternating_mlp(widths, act, rule, gain=gain,
+    io_mode=io_mode)`` (weights from ``torch.Generator().manual_seed(seed)``, so at one seed the
+    rules scale the same draws, and the minibatch order is the same) with
+    :func:`train_early_stopped`. Returns {rule: [run dicts with lr, seed and its fields]}; pick each
+    rule's lr with :func:`kexue.train.select_lr_by_validation` (https://kexue.fm/archives/8725,
+    chapter ``xavier-averaging``)."""
+    out = {}
+    for rule in rules:
+        out[rule] = []
+        for lr in lrs:
+            for s in seeds:
+                model = alternating_mlp(widths, act, rule, gain=gain, io_mode=io_mode,
+                                        generator=torch.Generator().manual_seed(s)).to(device)
+                r = train_early_stopped(model, data, lr=lr, seed=s, **train_kw)
+                out[rule].append({"lr": lr, "seed": s, **r})
+    return out
+
+
+def at_chosen_lr(runs: list[dict], key: str = "test_acc") -> tuple[float, list[float]]:
+    """(lr chosen on validation by :func:`kexue.train.select_lr_by_validation`, the per-seed values
+    of ``key`` at that lr, in seed order) (https://kexue.fm/archives/8725, chapter
+    ``xavier-averaging``)."""
+    from .train import select_lr_by_validation
+
+    lr = select_lr_by_validation(runs)
+    rows = sorted((r for r in runs if r["lr"] == lr), key=lambda r: r["seed"])
+    return lr, [float(r[key]) for r in rows]
+
+
+def default_not_beaten(values: dict, default: str = "arith", level: float = 0.9) -> dict:
+    """Is the default rule beaten? ``values`` maps each rule to its per-seed outcomes (lower is
+    better, seed i of every rule paired). For every other rule r: the paired t interval (``level``)
+    of default − r (positive: r does better), :func:`kexue.stats.paired_interval`. The margin
+    ``delta`` is the seed-to-seed sd pooled over all rules, √(mean of the per-rule variances, ddof 1).
+    Returns ``gains`` {r: (mean, lo, hi)}, ``delta``, ``worst`` (the r with the highest upper end) and
+    ``excess`` = that upper end − delta: the default is within one seed sd of every rule (not beaten
+    by more than the seed spread) when ``excess`` ≤ 0 (https://kexue.fm/archives/8725, chapter
+    ``xavier-averaging``)."""
+    from .stats import paired_interval
+
+    if default not in values or len(values) < 2:
+        raise ValueError(f"values needs the default {default!r} and at least one other rule")
+    arrays = {k: np.asarray(v, dtype=float) for k, v in values.items()}
+    sizes = {a.size for a in arrays.values()}
+    if len(sizes) != 1 or sizes.pop() < 2:
+        raise ValueError("every rule needs the same number (≥ 2) of paired seeds")
+    gains = {k: paired_interval(arrays[default], a, level) for k, a in arrays.items() if k != default}
+    delta = float(np.sqrt(np.mean([a.var(ddof=1) for a in arrays.values()])))
+    worst = max(gains, key=lambda k: gains[k][2])
+    return {"gains": gains, "delta": delta, "worst": worst, "excess": float(gains[worst][2] - delta)}

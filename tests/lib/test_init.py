@@ -117,3 +117,46 @@ def test_torch_trunc_normal_default_bounds_do_not_truncate_small_std():
                                     generator=torch.Generator().manual_seed(0))
     assert t.std().item() == pytest.approx(0.02, rel=0.01)
     assert not np.isclose(t.std().item(), 0.02 * truncated_normal_std(2.0), rtol=0.01)
+
+
+# -- the averaging rules in a Transformer's FFN (issue 17) ----------------------------------------
+from kexue.init import build_mlm_ffn_rule, init_ffn_  # noqa: E402
+from kexue.transformer import BertMLM, FeedForward  # noqa: E402
+
+
+@pytest.mark.parametrize("mode", FAN_MODES)
+def test_init_ffn_draws_exactly_what_init_dense_would(mode):
+    model = BertMLM(20, 2, 8, 2, 32, max_len=6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_ffn_(model, mode, gain=1.5, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the slow reference: the same draws, layer by layer
+    for layer in model.encoder.layers:
+        for lin, (m, n) in ((layer.ffn.fc1, (8, 32)), (layer.ffn.fc2, (32, 8))):
+            std = 1.5 / math.sqrt(fan_average(m, n, mode))
+            ref = torch.randn(n, m, generator=g) * std
+            assert torch.allclose(lin.weight, ref, rtol=1e-6, atol=1e-7)
+            assert torch.count_nonzero(lin.bias) == 0
+    for k, v in model.state_dict().items():  # nothing outside the FFNs moved
+        if ".ffn." not in k:
+            assert torch.equal(v, before[k]), k
+
+
+def test_init_ffn_needs_an_ffn():
+    with pytest.raises(ValueError, match="FeedForward"):
+        init_ffn_(torch.nn.Linear(3, 4), "geo")
+
+
+def test_build_mlm_ffn_rule_differs_only_in_the_ffn_scale():
+    a = build_mlm_ffn_rule(30, mode="arith", n_layers=2, d=16, heads=2, ffn=64, seq_len=8, seed=5)
+    b = build_mlm_ffn_rule(30, mode="quad", n_layers=2, d=16, heads=2, ffn=64, seq_len=8, seed=5)
+    sa, sb = a.state_dict(), b.state_dict()
+    ratio = math.sqrt(fan_average(16, 64, "quad") / fan_average(16, 64, "arith"))  # std_arith / std_quad
+    for k in sa:
+        if ".ffn." in k and k.endswith("weight"):
+            assert torch.allclose(sa[k], sb[k] * ratio, rtol=1e-5, atol=1e-7), k
+        else:
+            assert torch.equal(sa[k], sb[k]), k
+    # square matrices and embeddings are N(0, 1/d): the sample std of the big ones is near 1/4
+    q = sa["encoder.layers.0.attn.q.weight"]
+    assert abs(q.std().item() * 4 - 1) < 0.2
+    assert isinstance(a.encoder.layers[0].ffn, FeedForward)

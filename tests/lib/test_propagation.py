@@ -217,3 +217,95 @@ def test_device_argument_keeps_the_cpu_numbers():
     pa = P.profile_over_draws(w, "tanh", "arith", batch=16, repeats=2, seed=1)
     pb = P.profile_over_draws(w, "tanh", "arith", batch=16, repeats=2, seed=1, device="cpu")
     assert np.array_equal(pa["forward"], pb["forward"]) and np.array_equal(pa["backward"], pb["backward"])
+
+
+# -- training studies (issue 17) --------------------------------------------------------------------
+def test_alternating_mlp_io_mode_changes_only_the_outer_layers():
+    widths = [2, 16, 64, 16, 3]
+    a = P.alternating_mlp(widths, "tanh", "quad", gain=2.0, generator=torch.Generator().manual_seed(1))
+    b = P.alternating_mlp(widths, "tanh", "quad", gain=2.0, io_mode="fan_in",
+                          generator=torch.Generator().manual_seed(1))
+    lin_a = [m for m in a if isinstance(m, torch.nn.Linear)]
+    lin_b = [m for m in b if isinstance(m, torch.nn.Linear)]
+    for k, (la, lb) in enumerate(zip(lin_a, lin_b)):
+        m, n = widths[k], widths[k + 1]
+        if k in (1, 2):
+            assert torch.equal(la.weight, lb.weight)
+        else:  # same draws, rescaled: first layer gain² / m, last layer 1 / m
+            g = 2.0 if k == 0 else 1.0
+            want = (g / math.sqrt(m)) / (2.0 / math.sqrt(fan_average(m, n, "quad")))
+            assert torch.allclose(lb.weight, la.weight * want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError):
+        P.alternating_mlp(widths, "tanh", "geo", io_mode="nope")
+
+
+def test_two_spirals_geometry():
+    X, y = P.two_spirals(2000, turns=3.0, noise=0.0, seed=4)
+    assert X.shape == (2000, 2) and X.dtype == torch.float32 and y.dtype == torch.int64
+    assert set(y.tolist()) == {0, 1} and abs(y.float().mean().item() - 0.5) < 0.05
+    x = X.double().numpy()
+    r = np.hypot(x[:, 0], x[:, 1]) / 2
+    assert r.max() <= 1 + 1e-6
+    # the angle is 2π·turns·r + π·y modulo 2π (slow reference: one point at a time)
+    for i in range(0, 2000, 97):
+        want = (2 * math.pi * 3.0 * r[i] + math.pi * y[i].item()) % (2 * math.pi)
+        got = math.atan2(x[i, 1], x[i, 0]) % (2 * math.pi)
+        d = abs(want - got)
+        assert min(d, 2 * math.pi - d) < 1e-4
+    assert abs(float((x ** 2).mean()) - 1.0) < 0.1
+    X2, _ = P.two_spirals(2000, turns=3.0, noise=0.0, seed=4)
+    assert torch.equal(X, X2)
+
+
+def test_spirals_split_is_independent_draws():
+    d = P.spirals_split(50, 20, 30, seed=7)
+    assert d["X_train"].shape == (50, 2) and d["X_val"].shape == (20, 2) and d["X_test"].shape == (30, 2)
+    assert torch.equal(d["X_val"], P.two_spirals(20, seed=8)[0])
+    assert torch.equal(d["X_test"], P.two_spirals(30, seed=9)[0])
+
+
+def test_train_early_stopped_restores_the_best_validation_checkpoint():
+    from kexue.train import accuracy
+    data = P.spirals_split(200, 100, 100, turns=0.5, seed=1)
+    model = P.alternating_mlp([2, 16, 2], "tanh", "geo", generator=torch.Generator().manual_seed(0))
+    r = P.train_early_stopped(model, data, lr=1e-2, steps=60, batch_size=32, eval_every=10, seed=0)
+    assert r["val_acc"] == accuracy(model, data["X_val"], data["y_val"])
+    assert r["test_acc"] == accuracy(model, data["X_test"], data["y_test"])
+    assert r["best_step"] % 10 == 0 and 10 <= r["best_step"] <= 60
+    assert r["val_acc"] > 0.6  # half a turn is nearly linear
+
+
+def test_rule_lr_grid_and_the_lr_chosen_on_validation():
+    data = P.spirals_split(100, 50, 50, turns=0.5, seed=2)
+    runs = P.rule_lr_grid([2, 8, 4, 2], "relu", ("arith", "geo"), data, lrs=[1e-3, 1e-2], seeds=[0, 1],
+                          steps=20, batch_size=25, eval_every=10)
+    assert set(runs) == {"arith", "geo"} and all(len(v) == 4 for v in runs.values())
+    lr, vals = P.at_chosen_lr(runs["geo"])
+    means = {l: np.mean([r["val_acc"] for r in runs["geo"] if r["lr"] == l]) for l in (1e-3, 1e-2)}
+    best = max(means.values())
+    assert means[lr] == best and (lr == 1e-3 or means[1e-3] < best)  # ties go to the smaller lr
+    assert vals == [r["test_acc"] for r in sorted((r for r in runs["geo"] if r["lr"] == lr), key=lambda r: r["seed"])]
+    # the same seed gives the same draws under every rule, rescaled
+    m1 = P.alternating_mlp([2, 8, 4, 2], "relu", "arith", generator=torch.Generator().manual_seed(0))
+    m2 = P.alternating_mlp([2, 8, 4, 2], "relu", "geo", generator=torch.Generator().manual_seed(0))
+    w1, w2 = m1[2].weight, m2[2].weight
+    assert torch.allclose(w1 / w2, torch.full_like(w1, math.sqrt(fan_average(8, 4, "geo") / fan_average(8, 4, "arith"))),
+                          rtol=1e-5)
+
+
+def test_default_not_beaten_against_a_hand_computation():
+    from scipy import stats as st
+    vals = {"arith": [1.0, 1.2, 0.9, 1.1], "geo": [0.9, 1.0, 0.9, 1.0], "quad": [1.5, 1.6, 1.4, 1.7]}
+    out = P.default_not_beaten(vals)
+    for k in ("geo", "quad"):
+        d = np.array(vals["arith"]) - np.array(vals[k])
+        half = st.t.ppf(0.95, 3) * d.std(ddof=1) / 2
+        assert out["gains"][k] == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    pooled = math.sqrt(np.mean([np.var(v, ddof=1) for v in vals.values()]))
+    assert out["delta"] == pytest.approx(pooled)
+    assert out["worst"] == "geo"
+    assert out["excess"] == pytest.approx(out["gains"]["geo"][2] - pooled)
+    with pytest.raises(ValueError):
+        P.default_not_beaten({"geo": [1, 2]})
+    with pytest.raises(ValueError):
+        P.default_not_beaten({"arith": [1, 2], "geo": [1, 2, 3]})
