@@ -60,38 +60,54 @@ def loss_derivative(loss, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # -- the model --------------------------------------------------------------------------------------
+PARAMETERISATIONS = ("ntk", "standard")
+
+
 class NTKLinear(nn.Module):
     """Dense layer in the NTK parameterisation: y = x Wᵀ / √(fan_in) + b, with W, b ~ N(0, 1).
 
     The 1/√fan_in sits in the forward pass, not in the initial variance, so the tangent kernel
     stays O(1) as the width grows and one learning rate serves every width (Jacot et al. 2018).
-    https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
+    ``parameterisation="standard"`` is instead PyTorch's default ``nn.Linear``: y = x Wᵀ + b with W,
+    b ~ U(-1/√fan_in, 1/√fan_in) (its kaiming-uniform with a = √5), drawn from ``generator``
+    (``bias_std`` unused). https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
 
     def __init__(self, fan_in: int, fan_out: int, *, bias_std: float = 1.0,
-                 generator: torch.Generator | None = None, dtype=torch.float64):
+                 generator: torch.Generator | None = None, dtype=torch.float64,
+                 parameterisation: str = "ntk"):
         super().__init__()
-        self.scale = 1.0 / math.sqrt(fan_in)
-        self.weight = nn.Parameter(torch.randn(fan_out, fan_in, generator=generator, dtype=dtype))
-        self.bias = nn.Parameter(bias_std * torch.randn(fan_out, generator=generator, dtype=dtype))
+        if parameterisation not in PARAMETERISATIONS:
+            raise ValueError(f"unknown parameterisation {parameterisation!r}; use one of {PARAMETERISATIONS}")
+        if parameterisation == "ntk":
+            self.scale = 1.0 / math.sqrt(fan_in)
+            self.weight = nn.Parameter(torch.randn(fan_out, fan_in, generator=generator, dtype=dtype))
+            self.bias = nn.Parameter(bias_std * torch.randn(fan_out, generator=generator, dtype=dtype))
+        else:
+            self.scale, bound = 1.0, 1.0 / math.sqrt(fan_in)
+            uniform = lambda *shape: (2 * torch.rand(*shape, generator=generator, dtype=dtype) - 1) * bound  # noqa: E731
+            self.weight = nn.Parameter(uniform(fan_out, fan_in))
+            self.bias = nn.Parameter(uniform(fan_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.weight.T * self.scale + self.bias
 
 
 class NTKMLP(nn.Module):
-    """Scalar-output MLP widths[0] → … → widths[-1] = 1 of ``NTKLinear`` layers and a pointwise
+    """Scalar-output MLP widths[0] → … → widths[-1] = 1 of ``NTKLinear`` layers (NTK or, with
+    ``parameterisation="standard"``, PyTorch's default parameterisation) and a pointwise
     activation; returns shape (n,). No dropout or normalisation: f(x) depends on x alone, as the
     derivation needs (https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``)."""
 
     def __init__(self, widths: list[int], act: str = "tanh", *, bias_std: float = 1.0,
-                 generator: torch.Generator | None = None, dtype=torch.float64):
+                 generator: torch.Generator | None = None, dtype=torch.float64, parameterisation: str = "ntk"):
         super().__init__()
         if widths[-1] != 1:
             raise ValueError(f"the last width must be 1 (a scalar output), got {widths[-1]}")
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}; use one of {list(ACTIVATIONS)}")
         self.act = act
-        self.layers = nn.ModuleList(NTKLinear(m, n, bias_std=bias_std, generator=generator, dtype=dtype)
+        self.layers = nn.ModuleList(NTKLinear(m, n, bias_std=bias_std, generator=generator, dtype=dtype,
+                                              parameterisation=parameterisation)
                                     for m, n in zip(widths[:-1], widths[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +199,8 @@ class PathKernelRecorder:
 def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                            x_probe: torch.Tensor, *, loss=squared_loss, lr: float, steps: int,
                            batch_size: int | None = None, seed: int = 0, x_eval: torch.Tensor | None = None,
-                           chunk_size: int | None = None) -> dict:
+                           chunk_size: int | None = None, optimizer: str = "gd", momentum: float = 0.9,
+                           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> dict:
     """Train ``model`` in place by (S)GD on the summed loss Σ_{i∈B_t} l(y_i, f(x_i)) and record the
     path kernel on ``x_probe``. At each step, at θ_t: G_train, G_probe, f and l'_i = ∂l/∂f (all by
     ``per_sample_grads_and_outputs``); record K_t = G_probe G_trainᵀ; then θ_{t+1} = θ_t - η Σ_{i∈B_t}
@@ -199,7 +216,26 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
     forward-mode product per step, Σ_i η(-l'_i) K_t(x, x_i) = ∇f_t(x)·(θ_{t+1} - θ_t) (``jvp``), so
     no per-pair kernel is stored. Adds eval_f0, eval_fT, eval_fhat (= f_0 + Σ_t of those products,
     the kernel machine's prediction) and eval_frozen = f_0(x) + Σ_i alpha_sum_i K_0(x, x_i) (the
-    kernel frozen at θ_0). https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
+    kernel frozen at θ_0).
+
+    Other optimizers (``optimizer``), on the same gradient g_t = G_train[B]ᵀ l'[B]: ``"momentum"``
+    is heavy ball as in ``torch.optim.SGD(momentum=μ)``, v ← μ v + g, Δθ = -η v; ``"adam"`` is
+    ``torch.optim.Adam`` (bias-corrected m̂, v̂; Δθ = -η m̂ / (√v̂ + ε)). The recorder still
+    sums the gradient-descent form η(-l'_i) K_t (the article's formula with step η), and
+    ``tangent_probe`` = f_0 + Σ_t ∇f_t(X)·Δθ_t = f_0 + Σ_t G_probe,t Δθ_t is the first-order
+    machine of the actual steps (for GD it equals β + Σ_i α_i(x) K(x, x_i); for momentum and Adam
+    Δθ_t is a combination of past per-sample gradients, so it is a kernel machine with the
+    optimizer's own, two-time or preconditioned, path kernel). ``full_alphaK`` [n_probe] =
+    Σ_t η Σ_i (-l'_i(t)) K_t(X, x_i) sums over *every* training point at every step, also under
+    SGD (the full-data machine along the SGD path is f_0 + (|B|/n) · full_alphaK).
+    ``frozen_probe`` = f_0 + ∇f_0(X)·(θ_T - θ_0), the model linearised at θ_0 and moved by the actual
+    total displacement (the tangent features frozen at initialisation), for any optimizer; for GD
+    it is Σ_t η Σ_i (-l'_i(t)) <∇f_0(X), ∇f_t(x_i)>, not the machine K_0 · alpha_sum.
+    A run whose training loss becomes non-finite or exceeds 1e6 × its initial value stops there:
+    ``diverged`` is True and fT_probe / tangent_probe are NaN. ``sharpness`` is not computed here
+    (see ``hessian_top_eigenvalue``). https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
+    if optimizer not in ("gd", "momentum", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'gd', 'momentum' or 'adam'")
     n = x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -223,6 +259,13 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
     if x_eval is not None:
         params0 = dict(params)
         eval_sum = torch.zeros(x_eval.shape[0], dtype=x_train.dtype, device=device)
+    n_par = sum(size for _, _, size in shapes)
+    buf_m = torch.zeros(n_par, dtype=x_train.dtype, device=device)
+    buf_v = torch.zeros(n_par, dtype=x_train.dtype, device=device)
+    tangent = torch.zeros(x_probe.shape[0], dtype=x_train.dtype, device=device)
+    full_alphaK = torch.zeros(x_probe.shape[0], dtype=x_train.dtype, device=device)
+    displacement = torch.zeros(n_par, dtype=x_train.dtype, device=device)
+    out["diverged"] = False
     for t in range(steps + 1):
         g_all, f_all = per_sample_grads_and_outputs(model, xs, params, chunk_size=chunk_size)
         g_train, g_probe, f_train = g_all[:n], g_all[n:], f_all[:n]
@@ -231,6 +274,13 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
             out["f0_probe"] = f_all[n:].clone()
             out["K0"] = g_probe @ g_train.T
             out["K0_train"] = g_train @ g_train.T
+            g_probe0 = g_probe.clone()
+        if not math.isfinite(losses[-1]) or losses[-1] > 1e6 * max(losses[0], 1e-300):
+            out["diverged"] = True
+            nan = torch.full_like(out["f0_probe"], float("nan"))
+            out["fT_probe"], out["tangent_probe"] = nan, nan.clone()
+            out["KT"], out["KT_train"] = torch.full_like(out["K0"], float("nan")), torch.full_like(out["K0_train"], float("nan"))
+            break
         if t == steps:
             out["fT_probe"] = f_all[n:].clone()
             out["KT"] = g_probe @ g_train.T
@@ -240,8 +290,22 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
         alpha_t.append(-dloss)
         batch = None if batch_size is None else torch.randperm(n, generator=gen)[:batch_size].to(device)
         rec.record(lr, g_probe, g_train, dloss, batch)
+        full_alphaK += lr * (g_probe @ (g_train.T @ -dloss))
         idx = torch.arange(n, device=device) if batch is None else batch
-        step = lr * (g_train[idx].T @ dloss[idx])
+        grad = g_train[idx].T @ dloss[idx]
+        if optimizer == "gd":
+            step = lr * grad
+        elif optimizer == "momentum":
+            buf_m = momentum * buf_m + grad
+            step = lr * buf_m
+        else:
+            b1, b2 = betas
+            buf_m = b1 * buf_m + (1 - b1) * grad
+            buf_v = b2 * buf_v + (1 - b2) * grad ** 2
+            m_hat, v_hat = buf_m / (1 - b1 ** (t + 1)), buf_v / (1 - b2 ** (t + 1))
+            step = lr * m_hat / (v_hat.sqrt() + eps)
+        tangent -= g_probe @ step
+        displacement -= step
         if x_eval is not None:
             f_eval, inc = eval_jvp(params, -step)
             if t == 0:
@@ -251,10 +315,15 @@ def train_with_path_kernel(model: nn.Module, x_train: torch.Tensor, y_train: tor
     with torch.no_grad():
         for k, p in model.named_parameters():
             p.copy_(params[k])
-    out.update(path_K=rec.path_K, path_alphaK=rec.path_alphaK, alpha_sum=rec.alpha_sum,
-               train_loss=np.array(losses), steps=steps, lr=lr,
+    if not out["diverged"]:
+        out["tangent_probe"] = out["f0_probe"] + tangent
+        out["frozen_probe"] = out["f0_probe"] + g_probe0 @ displacement
+    else:
+        out["frozen_probe"] = torch.full_like(out["f0_probe"], float("nan"))
+    out.update(path_K=rec.path_K, path_alphaK=rec.path_alphaK, alpha_sum=rec.alpha_sum, full_alphaK=full_alphaK,
+               train_loss=np.array(losses), steps=steps, lr=lr, optimizer=optimizer,
                alpha_t=torch.stack(alpha_t) if alpha_t else torch.zeros(0, n, dtype=x_train.dtype, device=device))
-    if x_eval is not None and steps > 0:
+    if x_eval is not None and steps > 0 and not out["diverged"]:
         with torch.no_grad():
             out["eval_fT"] = model(x_eval)
         out["eval_fhat"] = out["eval_f0"] + eval_sum
@@ -417,3 +486,106 @@ def drift_slopes(sweep: dict) -> list[float]:
     logw = np.log(np.array(widths, dtype=float))
     per_seed = np.array([sweep[w]["drift"] for w in widths])  # [widths, seeds]
     return [float(np.polyfit(logw, np.log(per_seed[:, s]), 1)[0]) for s in range(per_seed.shape[1])]
+
+
+# -- step sizes, the initial output, retrieval baselines (issue 17) ---------------------------------
+def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss=squared_loss,
+                           iters: int = 100, seed: int = 0, tol: float = 1e-10) -> float:
+    """The eigenvalue of largest magnitude of the Hessian ∇²_θ L of the summed loss
+    L(θ) = Σ_i l(y_i, f_θ(x_i)) at the model's current parameters, by power iteration on exact
+    Hessian-vector products (forward-over-reverse, ``torch.func.jvp`` of ``torch.func.grad``); no
+    P × P matrix is built. 2 / λ_max is the edge of stability of gradient descent with step η on L
+    (a quadratic diverges for η > 2/λ_max). https://kexue.fm/archives/8009, chapter
+    ``sgd-kernel-machine``."""
+    from torch.func import grad
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    keys = list(params)
+
+    def total(p):
+        return loss(functional_call(model, p, (x,)), y).sum()
+
+    g = grad(total)
+
+    def hvp(vec):
+        return jvp(g, (params,), (vec,))[1]
+
+    gen = torch.Generator().manual_seed(seed)
+    v = {k: torch.randn(params[k].shape, generator=gen, dtype=params[k].dtype).to(params[k].device) for k in keys}
+    norm = torch.sqrt(sum((v[k] ** 2).sum() for k in keys))
+    v = {k: v[k] / norm for k in keys}
+    lam = 0.0
+    for _ in range(iters):
+        hv = hvp(v)
+        new = float(sum((v[k] * hv[k]).sum() for k in keys))  # Rayleigh quotient
+        norm = torch.sqrt(sum((hv[k] ** 2).sum() for k in keys))
+        v = {k: hv[k] / norm for k in keys}
+        if abs(new - lam) <= tol * max(abs(new), 1.0):
+            lam = new
+            break
+        lam = new
+    return lam
+
+
+def constant_beta_error(f_0: torch.Tensor, f_T: torch.Tensor) -> float:
+    """max_x |f_0(x) - mean_x f_0| / max_x |f_T(x) - f_0(x)| over a set of inputs: what replacing
+    β(x) = f_0(x) by the constant mean_x f_0 (the article: "我们可以将当它是一个常数项") changes in
+    the kernel machine β(x) + Σ_i α_i(x) K(x, x_i), relative to how far training moved the function
+    (0: f_0 is constant). https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
+    return float((f_0 - f_0.mean()).abs().max() / (f_T - f_0).abs().max())
+
+
+def retrieval_label_match(scores: torch.Tensor, y_train: torch.Tensor, f_probe: torch.Tensor, k: int = 10) -> float:
+    """For each probe a (row of ``scores`` [n_probe, n_train], larger = more similar), the fraction of
+    its k highest-scoring training points whose label y_i ∈ {±1} equals the network's call
+    sign f(x_a); the mean over probes. Scores: the path kernel K(x, x_i) (the article's retrieval by
+    gradient similarity), the initial kernel K_0, or -‖x - x_i‖ (Euclidean k nearest neighbours).
+    https://kexue.fm/archives/8009 (§ 拓展思考), chapter ``sgd-kernel-machine``."""
+    top = torch.topk(scores, k, dim=1).indices
+    return float((y_train[top] == torch.sign(f_probe)[:, None]).double().mean())
+
+
+def euclidean_scores(x_probe: torch.Tensor, x_train: torch.Tensor) -> torch.Tensor:
+    """-‖x_a - x_i‖ for every probe a and training point i: the input-space similarity that
+    ``retrieval_label_match`` ranks for Euclidean k nearest neighbours (https://kexue.fm/archives/8009,
+    chapter ``sgd-kernel-machine``)."""
+    return -torch.cdist(x_probe, x_train)
+
+
+def step_size_sweep(make_model, x_train: torch.Tensor, y_train: torch.Tensor, x_probe: torch.Tensor, *,
+                    lrs: list[float], steps: int, optimizer: str = "gd", loss=squared_loss, **opt_kw) -> list[dict]:
+    """One run of ``train_with_path_kernel`` per step size (a fresh ``make_model()`` each, so every
+    run starts from the same θ_0), with the same number of steps. Per run: ``lr``, ``stable``
+    (finite and final training loss below the initial one), ``final_loss``, ``df`` = max|f_T - f_0|
+    on the probes, and the relative errors (``reconstruction_error``) of the first-order machine
+    f_0 + Σ_t ∇f_t·Δθ_t (``err``; for GD the path-kernel machine), of the model linearised at θ_0
+    (``err_frozen``) and of the article's gradient-descent form f_0 + c Σ_t η Σ_i α_i(t) K_t with
+    c = 1/(1 - μ) for momentum, 1 otherwise (``err_gd_form``; not defined for Adam: NaN).
+    https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
+    rows = []
+    for lr in lrs:
+        r = train_with_path_kernel(make_model(), x_train, y_train, x_probe, loss=loss, lr=lr, steps=steps,
+                                   optimizer=optimizer, **opt_kw)
+        loss_t = r["train_loss"]
+        stable = (not r["diverged"]) and bool(np.isfinite(loss_t[-1])) and loss_t[-1] < loss_t[0]
+        row = {"lr": lr, "stable": stable, "final_loss": float(loss_t[-1]) if not r["diverged"] else float("inf")}
+        if r["diverged"]:
+            row.update(df=float("nan"), err=float("nan"), err_frozen=float("nan"), err_gd_form=float("nan"))
+        else:
+            f0, fT = r["f0_probe"], r["fT_probe"]
+            c = 1.0 / (1.0 - opt_kw.get("momentum", 0.9)) if optimizer == "momentum" else 1.0
+            row.update(df=float((fT - f0).abs().max()), err=reconstruction_error(fT, r["tangent_probe"], f0),
+                       err_frozen=reconstruction_error(fT, r["frozen_probe"], f0),
+                       err_gd_form=(float("nan") if optimizer == "adam"
+                                    else reconstruction_error(fT, f0 + c * r["full_alphaK"], f0)))
+        rows.append(row)
+    return rows
+
+
+def tuned_run(rows: list[dict]) -> dict:
+    """The row of a ``step_size_sweep`` with the lowest final training loss among the stable runs
+    (the step a practitioner would pick for this budget). https://kexue.fm/archives/8009, chapter
+    ``sgd-kernel-machine``."""
+    stable = [r for r in rows if r["stable"]]
+    if not stable:
+        raise ValueError("no stable step size in the sweep")
+    return min(stable, key=lambda r: r["final_loss"])

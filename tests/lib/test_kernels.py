@@ -246,3 +246,151 @@ def test_sign_agreement_and_drift_slopes():
     assert Kn.sign_agreement(torch.tensor([1.0, -2.0, 3.0, -1.0]), torch.tensor([2.0, -1.0, -3.0, 1.0])) == 0.5
     sweep = {w: {"drift": [w ** -0.5, 2 * w ** -1.0]} for w in (16, 64, 256)}
     np.testing.assert_allclose(Kn.drift_slopes(sweep), [-0.5, -1.0])
+
+
+# -- issue 17: parameterisations, other optimizers, sharpness, retrieval baselines -------------------
+def test_standard_parameterisation_is_pytorchs_default_linear():
+    model = Kn.NTKMLP([3, 50, 1], generator=torch.Generator().manual_seed(0), parameterisation="standard")
+    lin = model.layers[0]
+    bound = 1 / np.sqrt(3)
+    assert lin.scale == 1.0 and lin.weight.abs().max() <= bound and lin.bias.abs().max() <= bound
+    assert lin.weight.abs().max() > 0.9 * bound  # uniform on the whole range, not a narrower law
+    ref = torch.nn.Linear(3, 50, dtype=F64)
+    with torch.no_grad():
+        ref.weight.copy_(lin.weight)
+        ref.bias.copy_(lin.bias)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    torch.testing.assert_close(lin(x), ref(x))
+    # nn.Linear's own init has the same variance 1 / (3 fan_in)
+    big = Kn.NTKMLP([400, 400, 1], generator=torch.Generator().manual_seed(2), parameterisation="standard")
+    assert big.layers[0].weight.var().item() == pytest.approx(1 / (3 * 400), rel=0.02)
+    with pytest.raises(ValueError):
+        Kn.NTKMLP([2, 1], parameterisation="mup")
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_momentum_and_adam_steps_equal_torch_optim(optimizer):
+    x, y, xp = _sine()
+    a, b = _model([1, 5, 5, 1]), _model([1, 5, 5, 1])
+    out = Kn.train_with_path_kernel(a, x, y, xp, lr=0.01, steps=20, optimizer=optimizer, momentum=0.8)
+    opt = (torch.optim.SGD(b.parameters(), lr=0.01, momentum=0.8) if optimizer == "momentum"
+           else torch.optim.Adam(b.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-8))
+    for _ in range(20):
+        opt.zero_grad()
+        Kn.squared_loss(b(x), y).sum().backward()
+        opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-11)
+    assert out["optimizer"] == optimizer and not out["diverged"]
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "momentum", "adam"])
+def test_tangent_machine_is_exact_for_a_linear_model_and_frozen_matches(optimizer):
+    # f linear in θ: f_T = f_0 + ∇f·(θ_T - θ_0) exactly, for any optimizer; the frozen kernel is the same
+    gen = torch.Generator().manual_seed(3)
+    x, xp = torch.randn(9, 2, generator=gen, dtype=F64), torch.randn(5, 2, generator=gen, dtype=F64)
+    y = x[:, 0] - 2 * x[:, 1]
+    out = Kn.train_with_path_kernel(_model([2, 1]), x, y, xp, lr=0.05, steps=30, optimizer=optimizer)
+    assert (out["fT_probe"] - out["f0_probe"]).abs().max() > 0.05
+    torch.testing.assert_close(out["tangent_probe"], out["fT_probe"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out["frozen_probe"], out["fT_probe"], rtol=1e-10, atol=1e-10)
+
+
+def test_gd_tangent_and_full_sums_equal_the_pairwise_machine():
+    x, y, xp = _sine()
+    model = _model([1, 6, 6, 1])
+    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    g0 = Kn.per_sample_grads(model, xp)
+    out = Kn.train_with_path_kernel(model, x, y, xp, lr=0.05, steps=12)
+    torch.testing.assert_close(out["tangent_probe"], out["f0_probe"] + out["path_alphaK"].sum(1))
+    torch.testing.assert_close(out["full_alphaK"], out["path_alphaK"].sum(1))
+    theta_t = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(out["frozen_probe"], out["f0_probe"] + g0 @ (theta_t - theta0))
+    # SGD: the batch-restricted sums give the tangent machine; full_alphaK sums every point at every step
+    sgd = Kn.train_with_path_kernel(_model([1, 6, 6, 1]), x, y, xp, lr=0.05, steps=12, batch_size=3, seed=1)
+    torch.testing.assert_close(sgd["tangent_probe"], sgd["f0_probe"] + sgd["path_alphaK"].sum(1))
+    g_slow = torch.zeros_like(sgd["full_alphaK"])
+    m = _model([1, 6, 6, 1])
+    params = {k: v.detach().clone() for k, v in m.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(12):  # a slow loop: full sum at θ_t, then the batch step
+        g_tr, f_tr = Kn.per_sample_grads_and_outputs(m, x, params)
+        g_pr = Kn.per_sample_grads(m, xp, params)
+        d = f_tr - y
+        g_slow += 0.05 * sum(-d[i] * (g_pr @ g_tr[i]) for i in range(x.shape[0]))
+        b = torch.randperm(x.shape[0], generator=gen)[:3]
+        step = 0.05 * (g_tr[b].T @ d[b])
+        offset = 0
+        for k in params:
+            size = params[k].numel()
+            params[k] = params[k] - step[offset:offset + size].reshape(params[k].shape)
+            offset += size
+    torch.testing.assert_close(sgd["full_alphaK"], g_slow, rtol=1e-10, atol=1e-12)
+
+
+def test_divergence_is_flagged():
+    x, y, xp = _sine()
+    out = Kn.train_with_path_kernel(_model([1, 6, 6, 1]), x, y, xp, lr=5.0, steps=200)
+    assert out["diverged"] and torch.isnan(out["fT_probe"]).all() and torch.isnan(out["tangent_probe"]).all()
+    assert len(out["train_loss"]) < 201
+    with pytest.raises(ValueError):
+        Kn.train_with_path_kernel(_model([1, 3, 1]), x, y, xp, lr=0.1, steps=1, optimizer="lion")
+
+
+@pytest.mark.parametrize("loss", [Kn.squared_loss, Kn.logistic_loss])
+def test_hessian_top_eigenvalue_matches_the_dense_hessian(loss):
+    x, y, _ = _sine()
+    if loss is Kn.logistic_loss:
+        y = torch.sign(y)
+    model = _model([1, 4, 3, 1])
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    shapes = [(k, v.shape, v.numel()) for k, v in params.items()]
+
+    def flat_loss(vec):
+        p, off = {}, 0
+        for k, shape, size in shapes:
+            p[k] = vec[off:off + size].reshape(shape)
+            off += size
+        return loss(torch.func.functional_call(model, p, (x,)), y).sum()
+
+    h = torch.autograd.functional.hessian(flat_loss, torch.cat([v.reshape(-1) for v in params.values()]))
+    ev = torch.linalg.eigvalsh(h)
+    top = ev[ev.abs().argmax()].item()
+    assert Kn.hessian_top_eigenvalue(model, x, y, loss=loss, iters=2000, tol=1e-13) == pytest.approx(top, rel=1e-6)
+
+
+def test_constant_beta_error_and_retrieval_baselines():
+    f0 = torch.tensor([1.0, 1.0, 1.0])
+    assert Kn.constant_beta_error(f0, f0 + torch.tensor([1.0, -2.0, 0.0])) == 0.0
+    assert Kn.constant_beta_error(torch.tensor([0.0, 2.0]), torch.tensor([4.0, 2.0])) == pytest.approx(0.25)
+    x_train = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=F64)
+    y_train = torch.tensor([1.0, -1.0, -1.0], dtype=F64)
+    x_probe = torch.tensor([[0.2, 0.0], [2.9, 0.0]], dtype=F64)
+    sc = Kn.euclidean_scores(x_probe, x_train)
+    torch.testing.assert_close(sc[0], -torch.tensor([0.2, 0.8, 2.8], dtype=F64))
+    f = torch.tensor([0.5, -0.5], dtype=F64)
+    # probe 0: nearest 2 = points 0 (+1), 1 (−1) vs call +1 → 1/2; probe 1: points 2, 1 (both −1) → 1
+    assert Kn.retrieval_label_match(sc, y_train, f, k=2) == pytest.approx(0.75)
+    path_K = torch.tensor([[5.0, 1.0, 3.0], [0.0, 2.0, 1.0]], dtype=F64)
+    assert Kn.retrieval_label_match(path_K, y_train, f, k=1) == pytest.approx(1.0)
+    # same ranking as most_similar
+    assert set(torch.topk(path_K[0], 2).indices.tolist()) == set(Kn.most_similar(path_K[0], 2).tolist())
+
+
+def test_step_size_sweep_and_tuned_run():
+    x, y, xp = _sine()
+    mk = lambda: _model([1, 6, 6, 1])  # noqa: E731
+    rows = Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01, 0.05, 20.0], steps=30)
+    assert [r["stable"] for r in rows] == [True, True, False]
+    single = Kn.train_with_path_kernel(mk(), x, y, xp, lr=0.05, steps=30)
+    assert rows[1]["err"] == pytest.approx(Kn.reconstruction_error(single["fT_probe"], single["tangent_probe"], single["f0_probe"]))
+    assert rows[1]["err_gd_form"] == pytest.approx(rows[1]["err"])  # GD: the same machine
+    assert rows[1]["final_loss"] < rows[0]["final_loss"]
+    assert Kn.tuned_run(rows)["lr"] == 0.05
+    mom = Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01], steps=30, optimizer="momentum", momentum=0.5)
+    ref = Kn.train_with_path_kernel(mk(), x, y, xp, lr=0.01, steps=30, optimizer="momentum", momentum=0.5)
+    assert mom[0]["err_gd_form"] == pytest.approx(
+        Kn.reconstruction_error(ref["fT_probe"], ref["f0_probe"] + 2.0 * ref["full_alphaK"], ref["f0_probe"]))
+    assert np.isnan(Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01], steps=5, optimizer="adam")[0]["err_gd_form"])
+    with pytest.raises(ValueError):
+        Kn.tuned_run([{"stable": False, "final_loss": 1.0}])
