@@ -12,13 +12,14 @@ The package: :mod:`kexue.shuffle.core` (the three modes ``fair``, ``merge``, ``r
 guarantees and ``shuffle_files``; its docstring is the reference), :mod:`kexue.shuffle.cli` (the
 command line) and :mod:`kexue.shuffle.bench` (the chapter's measurements). It imports no torch.
 """
-from .bench import (compare_tools, disk_bandwidth, evict_from_page_cache, make_test_file, order_frequencies,
-                    output_positions, position_chisquare, profile_shuffle, run_measured, write_numbered_lines)
+from .bench import (compare_tools, disk_bandwidth, duplicate_runs, evict_from_page_cache, make_test_file, order_frequencies,
+                    output_positions, position_chisquare, profile_shuffle, rounds_bias_stats, rounds_merge_labels,
+                    run_measured, write_numbered_lines)
 from .cli import main
 from .core import (LINE_OVERHEAD, MIN_BUDGET, MODES, Fingerprint, Interrupted, ShuffleError, ShuffleStats,
-                   format_size, multiset_fingerprint, parse_size, peak_rss_self, shuffle_files)
+                   format_size, multiset_fingerprint, page_cache_resident, parse_size, peak_rss_self, shuffle_files)
 
 __all__ = ["LINE_OVERHEAD", "MIN_BUDGET", "MODES", "Fingerprint", "Interrupted", "ShuffleError", "ShuffleStats",
-           "compare_tools", "disk_bandwidth", "evict_from_page_cache", "format_size", "main", "make_test_file",
-           "multiset_fingerprint", "order_frequencies", "output_positions", "parse_size", "peak_rss_self",
-           "position_chisquare", "profile_shuffle", "run_measured", "shuffle_files", "write_numbered_lines"]
+           "compare_tools", "disk_bandwidth", "duplicate_runs", "evict_from_page_cache", "format_size", "main", "make_test_file",
+           "multiset_fingerprint", "order_frequencies", "output_positions", "page_cache_resident", "parse_size",
+           "peak_rss_self", "position_chisquare", "profile_shuffle", "rounds_bias_stats", "rounds_merge_labels", "run_measured", "shuffle_files", "write_numbered_lines"]

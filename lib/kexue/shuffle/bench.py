@@ -165,17 +165,22 @@ def write_numbered_lines(path, n_lines: int) -> None:
         f.write(b"".join(b"%d\n" % i for i in range(n_lines)))
 
 
-def output_positions(n_lines: int, seeds, workdir, **shuffle_kw) -> np.ndarray:
+def output_positions(n_lines: int, seeds, workdir, shuffle_fn=None, **shuffle_kw) -> np.ndarray:
     """Shuffle a numbered file of ``n_lines`` lines once per seed; row s, column i is the relative
     output position of input line i, ``pos / (n_lines - 1)`` in [0, 1] (0.5 on average for every
-    line under a uniform shuffle). ``shuffle_kw`` go to ``shuffle_files`` (mode, mem, chunk_lines...).
+    line under a uniform shuffle). ``shuffle_kw`` go to ``shuffle_fn(src, out, seed=..., **kw)``,
+    by default ``shuffle_files`` (mode, mem, chunk_lines...); ``kexue.shuffle.engines.dask_shuffle``
+    and ``kexue.shuffle.plain.plain_shuffle`` fit too.
     The bias measurements of https://kexue.fm/archives/8662's chapter (``global-shuffle``)."""
+    if shuffle_fn is None:
+        shuffle_fn = shuffle_files
+        shuffle_kw.setdefault("progress", False)
     src, out = os.path.join(workdir, "numbered.txt"), os.path.join(workdir, "numbered.out")
     write_numbered_lines(src, n_lines)
     rows = []
     try:
         for s in seeds:
-            shuffle_files(src, out, seed=int(s), progress=False, **shuffle_kw)
+            shuffle_fn(src, out, seed=int(s), **shuffle_kw)
             with open(out, "rb") as f:
                 order = np.array(f.read().split(), dtype=np.int64)  # order[p] = input line at p
             if np.sort(order).tolist() != list(range(n_lines)):
@@ -202,7 +207,7 @@ def position_chisquare(positions: np.ndarray, bins: int = 10) -> np.ndarray:
     return stats.chisquare(counts, axis=1).pvalue
 
 
-def order_frequencies(lines: list, seeds, workdir, **shuffle_kw) -> np.ndarray:
+def order_frequencies(lines: list, seeds, workdir, shuffle_fn=None, **shuffle_kw) -> np.ndarray:
     """Shuffle a file of the given distinct ``lines`` once per seed; count how often each of the
     ``len(lines)!`` orders comes out, in ``itertools.permutations`` order. An exactly uniform
     shuffle gives a multinomial with equal cell probabilities ``1/n!``.
@@ -211,12 +216,15 @@ def order_frequencies(lines: list, seeds, workdir, **shuffle_kw) -> np.ndarray:
     src, out = os.path.join(workdir, "orders.txt"), os.path.join(workdir, "orders.out")
     with open(src, "wb") as f:
         f.write(b"".join(x + b"\n" for x in lines))
+    if shuffle_fn is None:
+        shuffle_fn = shuffle_files
+        shuffle_kw.setdefault("progress", False)
     index = {p: i for i, p in enumerate(itertools.permutations(range(len(lines))))}
     which = {x: i for i, x in enumerate(lines)}
     counts = np.zeros(len(index), dtype=np.int64)
     try:
         for s in seeds:
-            shuffle_files(src, out, seed=int(s), progress=False, **shuffle_kw)
+            shuffle_fn(src, out, seed=int(s), **shuffle_kw)
             with open(out, "rb") as f:
                 counts[index[tuple(which[x] for x in f.read().split(b"\n")[:-1])]] += 1
     finally:
@@ -227,10 +235,19 @@ def order_frequencies(lines: list, seeds, workdir, **shuffle_kw) -> np.ndarray:
 
 
 def compare_tools(src, workdir, mem, tools=("fair", "rounds", "shuf", "sort"), *, cold: bool = True,
-                  repeat: int = 1, check: bool = True) -> dict:
+                  repeat: int = 1, check: bool = True, nocache: bool = False, chunk_lines: int | None = None,
+                  dup_line: bytes | None = None) -> dict:
     """Time each tool on ``src`` in its own process: ``fair``/``merge``/``rounds`` are
     ``kexue-shuffle --mode ...`` with memory budget ``mem``; ``shuf`` is coreutils ``shuf``
-    (in memory); ``sort`` is ``sort -R -S mem`` (temporary files in ``workdir``).
+    (in memory); ``sort`` is ``sort -R -S mem`` (temporary files in ``workdir``); ``python`` is the
+    article's algorithm in plain line-by-line Python (:mod:`kexue.shuffle.plain`, batches of
+    ``chunk_lines`` or 100,000 lines); ``dask`` is the fair algorithm on ``dask.bag``
+    (:mod:`kexue.shuffle.engines`, threads scheduler, disk shuffle, budget ``mem``).
+
+    ``nocache``: ``kexue-shuffle`` and ``python`` keep their files out of the page cache
+    (``--no-cache``); each result then has ``tmp_resident``, the measured fraction of the temporary
+    files in the page cache when pass 2 starts. ``chunk_lines`` also goes to ``rounds``.
+    ``dup_line``: the output's runs of that line are counted (``dup``: :func:`duplicate_runs`).
 
     ``cold``: the input is evicted from the page cache before each run and the output is fsync'd
     before the clock stops (``--fsync``; for shuf/sort the fsync is timed after they exit), so the
@@ -251,10 +268,25 @@ def compare_tools(src, workdir, mem, tools=("fair", "rounds", "shuf", "sort"), *
                 os.unlink(out)
             if cold:
                 evict_from_page_cache(src)
-            if tool in MODES:
-                cmd = [sys.executable, "-m", "kexue.shuffle", src, "-o", out, "--mem", str(mem),
-                       "--mode", tool, "--seed", "0", "-q", "--tmpdir", workdir] + (["--fsync"] if cold else [])
+            stats_path = os.path.join(workdir, "compare.json")
+            extra = {}
+            if tool in MODES or tool in ("python", "dask"):
+                if tool in MODES:
+                    cmd = [sys.executable, "-m", "kexue.shuffle", src, "-o", out, "--mem", str(mem), "--mode", tool,
+                           "-q"] + (["--chunk-lines", str(chunk_lines)] if chunk_lines and tool == "rounds" else [])
+                elif tool == "python":
+                    cmd = [sys.executable, "-m", "kexue.shuffle.plain", src, "-o", out,
+                           "--batch-size", str(chunk_lines or 100_000)]
+                else:
+                    cmd = [sys.executable, "-m", "kexue.shuffle.engines", src, "-o", out, "--mem", str(mem)]
+                cmd += ["--seed", "0", "--tmpdir", workdir, "--stats-json", stats_path]
+                cmd += (["--fsync"] if cold else []) + (["--no-cache"] if nocache and tool != "dask" else [])
                 rc, secs, rss = run_measured(cmd, env=env)
+                if rc == 0:
+                    import json
+                    with open(stats_path) as f:
+                        extra = json.load(f)
+                    os.unlink(stats_path)
             else:
                 cmd = {"shuf": ["shuf", src],
                        "sort": ["sort", "-R", "-S", str(parse_size(mem) >> 10) + "K", "-T", workdir, src]}[tool]
@@ -269,9 +301,11 @@ def compare_tools(src, workdir, mem, tools=("fair", "rounds", "shuf", "sort"), *
             ok = ok and (not check or multiset_fingerprint(out).same_multiset(fp_in))
             times.append(secs)
             peak = max(peak, rss)
+            dup = duplicate_runs(out, dup_line) if dup_line is not None else None
         secs = float(np.median(times))
         results[tool] = {"seconds": secs, "MBps": nbytes / 1e6 / secs, "peak_rss": peak,
-                         "correct": ok if check else None, "input_bytes": nbytes}
+                         "correct": ok if check else None, "input_bytes": nbytes,
+                         "tmp_resident": extra.get("tmp_resident"), "dup": dup}
     with contextlib.suppress(FileNotFoundError):
         os.unlink(out)
     return results
@@ -296,3 +330,109 @@ def profile_shuffle(src, out, mem, top: int = 12, **shuffle_kw) -> tuple[str, Sh
     text = buf.getvalue()
     text = text[text.find("   ncalls"):] if "   ncalls" in text else text
     return text.rstrip(), st
+
+
+def duplicate_runs(path, line: bytes, block: int = 16 << 20) -> dict:
+    """How the copies of ``line`` lie in the file at ``path``: ``copies``, ``runs`` (maximal groups of
+    adjacent copies) and ``longest`` (copies in the longest run). A uniform shuffle leaves nearly
+    every copy on its own (runs close to copies); ``sort -R`` sorts by a random hash of the line, so
+    equal lines come out together (one run), as terashuf's README warns.
+    From https://kexue.fm/archives/8662's chapter (``global-shuffle``)."""
+    from .core import _LineReader
+    copies = runs = longest = cur = 0
+    for lines, _ in _LineReader([os.fspath(path)], block, 1 << 62):
+        if not lines:
+            continue
+        v = np.fromiter((x == line for x in lines), dtype=np.int8, count=len(lines))
+        copies += int(v.sum())
+        d = np.diff(np.concatenate([[0], v, [0]]))
+        starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+        if len(starts) == 0:
+            cur = 0
+            continue
+        lengths = ends - starts
+        if starts[0] == 0 and cur:  # the first run continues the previous block's last one
+            lengths[0] += cur
+            runs -= 1
+        runs += len(lengths)
+        longest = max(longest, int(lengths.max()))
+        cur = int(lengths[-1]) if ends[-1] == len(v) else 0
+    return {"copies": copies, "runs": runs, "longest": longest}
+
+
+def rounds_merge_labels(sizes, seed: int, reject_fix: bool = False, block_rounds: int = 256):
+    """Yield, block after block, the input chunk of each output position of the article's
+    round-robin merge (先竖后横) over chunks of ``sizes`` lines, at the index level (no files): in
+    round r every chunk with lines left gives one (``reject_fix``: with probability n_c / n_max), the
+    chunks in a fresh random order. Also yields each block's round number per position. The
+    vectorised merge of ``kexue-shuffle --mode rounds`` at any scale, for
+    https://kexue.fm/archives/8662's chapter (``global-shuffle``)."""
+    rng = np.random.default_rng(seed)
+    n = np.asarray(sizes, dtype=np.int64)
+    rem = n.copy()
+    p_keep = n / n.max()
+    r0 = 0
+    while rem.sum() > 0:
+        alive = np.flatnonzero(rem)
+        R = int(max(1, min(block_rounds, rem[alive].max())))
+        if reject_fix:
+            inc = rng.random((R, len(alive))) < p_keep[alive]
+        else:
+            inc = np.ones((R, len(alive)), dtype=bool)
+        inc &= np.cumsum(inc, axis=0) <= rem[alive]
+        order = rng.permuted(np.broadcast_to(np.arange(len(alive)), (R, len(alive))), axis=1)
+        keep = np.take_along_axis(inc, order, axis=1)
+        labels = alive[order][keep]
+        rounds = np.broadcast_to(np.arange(r0, r0 + R)[:, None], (R, len(alive)))[keep]
+        rem -= np.bincount(labels, minlength=len(n))
+        r0 += R
+        if len(labels):
+            yield labels, rounds
+
+
+def rounds_bias_stats(sizes, seed: int, reject_fix: bool = False, block_rounds: int = 256) -> dict:
+    """Statistics of the article's merge over chunks of ``sizes`` lines (:func:`rounds_merge_labels`)
+    beside their values under a uniform shuffle (exact expectations):
+
+    - ``chunk_mean_pos``: each chunk's mean relative output position (uniform: 0.5 for every chunk);
+    - ``adjacent_same``: the fraction of adjacent output pairs whose two lines come from the same
+      input chunk (uniform: sum n_c (n_c - 1) / (N (N - 1)));
+    - ``same_round_pairs``: pairs of lines of one chunk in the same round (0 by construction);
+    - ``window_mates``: per window of ``w`` = number of chunks consecutive output lines (aligned),
+      the mean number of pairs from the same chunk (uniform: C(w, 2) * sum n_c (n_c - 1) / (N (N - 1))).
+
+    The round-robin bias at the article's scale (chunks of 100,000 lines, thousands of them),
+    https://kexue.fm/archives/8662's chapter (``global-shuffle``)."""
+    n = np.asarray(sizes, dtype=np.int64)
+    N, k = int(n.sum()), len(n)
+    pos_sum = np.zeros(k)
+    adjacent = same_round = 0
+    w = k
+    carry = np.zeros(0, dtype=np.int64)
+    start = 0
+    prev_label = prev_round = -1
+    win_total = 0.0
+    win_count = 0
+    for labels, rounds in rounds_merge_labels(n, seed, reject_fix, block_rounds):
+        m = len(labels)
+        pos_sum += np.bincount(labels, weights=np.arange(start, start + m, dtype=np.float64), minlength=k)
+        both = np.concatenate([[prev_label], labels])
+        rnd = np.concatenate([[prev_round], rounds])
+        same = both[1:] == both[:-1]
+        adjacent += int(same.sum())
+        same_round += int((same & (rnd[1:] == rnd[:-1])).sum())
+        prev_label, prev_round = int(labels[-1]), int(rounds[-1])
+        # aligned windows of w output lines: same-chunk pairs = sum over chunks of C(count, 2)
+        buf = np.concatenate([carry, labels])
+        full = len(buf) // w
+        if full:
+            cnt = np.bincount(np.repeat(np.arange(full, dtype=np.int64) * k, w) + buf[:full * w], minlength=full * k)
+            win_total += float((cnt * (cnt - 1) // 2).sum())
+            win_count += full
+        carry = buf[full * w:]
+        start += m
+    same_pair_prob = float((n * (n - 1)).sum()) / (N * (N - 1)) if N > 1 else 0.0
+    return {"chunk_mean_pos": pos_sum / n / max(N - 1, 1), "adjacent_same": adjacent / max(N - 1, 1),
+            "adjacent_same_uniform": same_pair_prob, "same_round_pairs": same_round,
+            "window": w, "window_mates": win_total / max(win_count, 1),
+            "window_mates_uniform": w * (w - 1) / 2 * same_pair_prob, "n_lines": N, "n_chunks": k}

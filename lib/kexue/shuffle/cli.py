@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="re-read the output and check it holds exactly the input's lines before renaming")
     p.add_argument("--fsync", action="store_true", help="fsync the output before the rename")
+    p.add_argument("--no-cache", action="store_true",
+                   help="keep input, temporary and output files out of the page cache (posix_fadvise), as "
+                        "for a file far larger than RAM: pass 2 then reads the temporary files from the disk")
+    p.add_argument("--stats-json", default=None, metavar="FILE", help="write the run's statistics to FILE as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -47,7 +51,8 @@ def main(argv=None) -> int:
         stats = shuffle_files(args.inputs, args.output, mem=args.mem, tmpdir=args.tmpdir, seed=args.seed,
                               mode=args.mode, split_lines=args.split_lines, chunk_lines=args.chunk_lines,
                               reject_fix=args.reject_fix, verify=args.verify,
-                              progress=False if args.quiet else None, fsync=args.fsync)
+                              progress=False if args.quiet else None, fsync=args.fsync,
+                              nocache=args.no_cache)
     except ShuffleError as err:
         print(f"kexue-shuffle: error: {err}", file=sys.stderr)
         return 1
@@ -59,6 +64,10 @@ def main(argv=None) -> int:
     except OSError as err:
         print(f"kexue-shuffle: error: {err}; temporary files removed, output not written", file=sys.stderr)
         return 1
+    if args.stats_json:
+        import json
+        with open(args.stats_json, "w") as f:
+            json.dump(stats.as_dict(), f)
     if not args.quiet:
         print(f"kexue-shuffle: {stats.summary()}", file=sys.stderr)
     return 0

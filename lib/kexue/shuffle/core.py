@@ -64,6 +64,12 @@ Defined behaviour and guarantees:
 - Free disk space is checked (``shutil.disk_usage``) before any work starts.
 - At most a few files are open at any time (buckets are appended with open-write-close, merge
   readers re-open to refill), so the number of temporary files is not limited by ``ulimit -n``.
+- ``nocache=True`` (``--no-cache``) keeps the data out of the page cache, the regime of a file far
+  larger than RAM: ``posix_fadvise(DONTNEED)`` on the input as it is read, on the temporary files as
+  they are written (which also starts their write-back) and read, and on the output; at the end of
+  pass 1 every temporary file is ``fdatasync``'d and dropped, so pass 2 reads it from the disk.
+  ``ShuffleStats.tmp_resident`` is the measured fraction of the temporary files' bytes still in the
+  page cache when pass 2 starts (``mincore``), with or without the option.
 - ``verify=True`` re-reads the written output and compares its multiset fingerprint (line count,
   byte count, sum and xor of 64-bit line hashes) with the input's before the rename.
 - Same inputs, budget, mode and seed give the same output.
@@ -258,10 +264,11 @@ class _LineReader:
     list of whatever the sink's ``close`` returns). Counts the added terminators.
     """
 
-    def __init__(self, paths, piece: int, huge_limit: int, huge_sink=None, progress=None):
+    def __init__(self, paths, piece: int, huge_limit: int, huge_sink=None, progress=None, drop: bool = False):
         if piece > huge_limit:
             raise ValueError("piece must not exceed huge_limit")
         self.paths, self.piece, self.huge_limit = list(paths), piece, huge_limit
+        self.drop = drop
         self.huge_sink, self.progress = huge_sink, progress
         self.added_bytes = 0
         self.added_lines = 0
@@ -281,9 +288,13 @@ class _LineReader:
         sink = None      # open sink while a huge line streams
         last_cr = False  # did the last finished line of this file end in \r ?
         with open(path, "rb", buffering=0) as f:
+            done = 0
             for data in _read_ahead(f, self.piece):
                 if self.progress is not None:
                     self.progress(len(data))
+                if self.drop:  # what was read will not be read again: out of the page cache
+                    _drop_cache(f.fileno(), 0, done + len(data))
+                done += len(data)
                 if sink is not None:
                     i = data.find(b"\n")
                     if i < 0:
@@ -365,6 +376,78 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+def _drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
+    """``posix_fadvise(DONTNEED)``: start writing back the range's dirty pages and drop its clean
+    ones from the page cache (no root needed). A no-op where the call is missing."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def _settle(paths) -> None:
+    """Write ``paths`` back to the disk (fdatasync) and drop them from the page cache."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                _drop_cache(fd)
+            finally:
+                os.close(fd)
+
+
+def page_cache_resident(path) -> int | None:
+    """Bytes of ``path`` that are in the page cache now (``mmap`` + ``mincore``, without touching
+    the pages), or None where that cannot be measured. How the chapter ``global-shuffle``
+    (https://kexue.fm/archives/8662) checks that ``nocache`` keeps the temporary files on the disk."""
+    import ctypes
+    import mmap
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            return None
+        try:
+            n = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vec = ctypes.create_string_buffer(n)
+            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                return None
+            resident = int((np.frombuffer(vec.raw[:n], dtype=np.uint8) & 1).sum())
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), size)
+    finally:
+        os.close(fd)
+    return min(resident * mmap.PAGESIZE, size)
+
+
+def _resident_fraction(paths) -> float | None:
+    total = res = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            r = page_cache_resident(path)
+            if r is None:
+                return None
+            res += r
+            total += os.path.getsize(path)
+    return res / total if total else None
+
+
+def _writev_drop(fd: int, bufs: list) -> None:
+    _writev_all(fd, bufs)
+    _drop_cache(fd)
+
+
 def _writev_all(fd: int, bufs: list) -> None:
     for i in range(0, len(bufs), _IOV):
         group = bufs[i:i + _IOV]
@@ -413,11 +496,13 @@ class _Background:
         self.futures, self.queued = [], 0
 
 
-def _append_files(paths: list, bufs_per_path: list) -> None:
+def _append_files(paths: list, bufs_per_path: list, drop: bool = False) -> None:
     for path, bufs in zip(paths, bufs_per_path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             _writev_all(fd, bufs)
+            if drop:
+                _drop_cache(fd)
         finally:
             os.close(fd)
 
@@ -443,8 +528,9 @@ class _OutputWriter:
     """Writes lines to hidden temporary files beside the output; ``commit`` renames them."""
 
     def __init__(self, output: str, split_lines: int | None, piece_bytes: int, fsync: bool,
-                 tmp_dir: str | None, io: _Background):
+                 tmp_dir: str | None, io: _Background, drop: bool = False):
         self.output, self.split, self.tmp_dir, self.io = output, split_lines, tmp_dir, io
+        self.drop = drop
         self.piece_bytes, self.fsync = piece_bytes, fsync
         self.parts: list[tuple[str, str]] = []  # (temporary, final)
         self.fd = None
@@ -476,6 +562,8 @@ class _OutputWriter:
             self.io.drain()
             if self.fsync:
                 os.fsync(self.fd)
+            if self.drop:
+                _drop_cache(self.fd)
             os.close(self.fd)
             self.fd = None
 
@@ -494,7 +582,7 @@ class _OutputWriter:
             if isinstance(part, np.ndarray):
                 part = part.tolist()
             data = b"\n".join(part)
-            self.io.submit(len(data), _writev_all, self.fd, [data, b"\n"])
+            self.io.submit(len(data), _writev_drop if self.drop else _writev_all, self.fd, [data, b"\n"])
             self.n_bytes += len(data) + 1
             self.in_part += step
             self.n_lines += step
@@ -563,8 +651,9 @@ def _emit_shuffled(writer: _OutputWriter, lines: list, huge: list, rng: np.rando
 class _Scatter:
     """Append every line to bucket ``B ~ Uniform{0..k-1}`` (iid per line), batching the writes."""
 
-    def __init__(self, workdir: str, prefix: str, k: int, rng, pending_cap: int, io: _Background):
-        self.k, self.rng, self.pending_cap, self.io = k, rng, pending_cap, io
+    def __init__(self, workdir: str, prefix: str, k: int, rng, pending_cap: int, io: _Background,
+                 drop: bool = False):
+        self.k, self.rng, self.pending_cap, self.io, self.drop = k, rng, pending_cap, io, drop
         self.paths = [os.path.join(workdir, f"{prefix}{j:05d}") for j in range(k)]
         self.pending: list[list] = [[] for _ in range(k)]
         self.pending_bytes = 0
@@ -602,7 +691,7 @@ class _Scatter:
         full = [j for j, bufs in enumerate(self.pending) if bufs]
         if full:
             self.io.submit(self.pending_bytes, _append_files, [self.paths[j] for j in full],
-                           [self.pending[j] for j in full])
+                           [self.pending[j] for j in full], self.drop)
             for j in full:
                 self.pending[j] = []
         self.pending_bytes = 0
@@ -625,6 +714,16 @@ class _Job:
         self.n_resplit = 0
         self.n_chunks = 0
         self.pass1_end = None
+        self.nocache = False
+        self.tmp_resident = None  # fraction of the temporary files' bytes in the page cache at pass 2
+
+    def end_pass1(self, paths) -> None:
+        """Settle the temporary files (``nocache``: written back and dropped), then measure how much
+        of them the page cache holds as pass 2 starts."""
+        if self.nocache:
+            _settle(paths)
+        if self.tmp_resident is None:
+            self.tmp_resident = _resident_fraction(paths)
 
     def huge_sink(self):
         self.n_huge += 1
@@ -653,7 +752,8 @@ def _fair_shuffle(job: _Job, reader: _LineReader, total_bytes: int) -> None:
         acc_cost += nb + LINE_OVERHEAD * len(lines)
         if acc_cost > b.cap:  # does not fit: scatter what we hold and the rest
             est = acc_cost * max(total_bytes, seen) / max(seen, 1)
-            scatter = _Scatter(job.workdir, "bucket-", _n_buckets(est, b), job.rng, b.pending, job.io)
+            scatter = _Scatter(job.workdir, "bucket-", _n_buckets(est, b), job.rng, b.pending, job.io,
+                               job.nocache)
             job.n_buckets += scatter.k
             step = max(1, len(acc) * b.piece // max(acc_cost, 1))
             while acc:
@@ -669,6 +769,7 @@ def _fair_shuffle(job: _Job, reader: _LineReader, total_bytes: int) -> None:
         job.progress(seen)
         return
     scatter.flush(wait=True)
+    job.end_pass1([p for p, n in zip(scatter.paths, scatter.lines) if n])
     job.pass1_end = time.perf_counter()
     job.progress.phase("shuffle")
     _drain_buckets(job, scatter)
@@ -684,11 +785,13 @@ def _drain_buckets(job: _Job, scatter: _Scatter) -> None:
         if nbytes + LINE_OVERHEAD * n > b.cap:  # unlucky or underestimated: split it again
             job.n_resplit += 1
             sub = _Scatter(job.workdir, os.path.basename(path) + "-", _n_buckets(nbytes + LINE_OVERHEAD * n, b),
-                           job.rng, b.pending, job.io)
+                           job.rng, b.pending, job.io, job.nocache)
             for lines, _ in _LineReader([path], b.piece, b.huge):
                 sub.add(lines)
             sub.add_huge(huge)
             sub.flush(wait=True)
+            if job.nocache:
+                _settle(sub.paths)
             os.unlink(path)
             _drain_buckets(job, sub)
             continue
@@ -732,7 +835,7 @@ def _write_chunks(job: _Job, reader: _LineReader, chunk_lines: int | None) -> tu
         step = max(1, min(8192, b.piece * len(arr) // max(acc_bytes, 1)))
         for i in range(0, len(arr), step):
             data = b"\n".join(arr[i:i + step].tolist())
-            job.io.submit(len(data), _append_files, [path], [[data, b"\n"]])
+            job.io.submit(len(data), _append_files, [path], [[data, b"\n"]], job.nocache)
         chunks.append(_Chunk(path, len(arr), acc_bytes))
         acc_bytes = acc_cost = 0
 
@@ -759,6 +862,7 @@ def _write_chunks(job: _Job, reader: _LineReader, chunk_lines: int | None) -> tu
         return [], acc
     cut()
     job.io.drain()
+    job.end_pass1([c.path for c in chunks])
     job.n_chunks = len(chunks)
     return chunks, []
 
@@ -766,8 +870,8 @@ def _write_chunks(job: _Job, reader: _LineReader, chunk_lines: int | None) -> tu
 class _ChunkReader:
     """Buffered lines of one chunk file; re-opens the file for every refill (no fd held)."""
 
-    def __init__(self, chunk: _Chunk, refill_bytes: int):
-        self.chunk, self.refill_bytes = chunk, refill_bytes
+    def __init__(self, chunk: _Chunk, refill_bytes: int, drop: bool = False):
+        self.chunk, self.refill_bytes, self.drop = chunk, refill_bytes, drop
         self.offset, self.size = 0, os.path.getsize(chunk.path)
         self.buf: list = []
         self.pos = 0
@@ -792,6 +896,8 @@ class _ChunkReader:
                 if self.offset + len(data) >= self.size:
                     raise ShuffleError(f"temporary file {self.chunk.path} does not end with a newline")
                 want *= 2  # a line longer than the refill size
+            if self.drop:
+                _drop_cache(f.fileno(), 0, self.offset + last + 1)
         new = data[:last].split(b"\n")
         self.offset += last + 1
         self.buf = self.buf[self.pos:] + new if self.pos < len(self.buf) else new
@@ -829,7 +935,7 @@ def _merge_chunks(job: _Job, chunks: list[_Chunk], mode: str, reject_fix: bool) 
     # each reader holds about (M/3)/k of cost; refill when below half of it
     refill_bytes = max(4096, int(b.target / k / (1 + LINE_OVERHEAD / avg)))
     low = max(1, int(refill_bytes / avg / 2))
-    readers = [_ChunkReader(c, refill_bytes) for c in chunks]
+    readers = [_ChunkReader(c, refill_bytes, job.nocache) for c in chunks]
     rem = n_c.copy()
     p_keep = n_c / n_c.max() if reject_fix else None
     while rem.sum() > 0:
@@ -953,6 +1059,14 @@ class ShuffleStats:
     peak_rss: int = 0
     verified: bool | None = None
     fingerprint: Fingerprint | None = None
+    nocache: bool = False
+    tmp_resident: float | None = None
+
+    def as_dict(self) -> dict:
+        """The plain numbers (for ``--stats-json``)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "fingerprint"}
+        d["MBps"] = self.mb_per_s
+        return d
 
     @property
     def mb_per_s(self) -> float:
@@ -971,6 +1085,9 @@ class ShuffleStats:
             parts.append(f"{self.added_newlines} final newline(s) added")
         if self.n_huge_lines:
             parts.append(f"{self.n_huge_lines} long line(s) streamed")
+        if self.tmp_resident is not None:
+            parts.append(f"temporary files {100 * self.tmp_resident:.0f}% in the page cache at pass 2"
+                         + (" (--no-cache)" if self.nocache else ""))
         if self.verified is not None:
             parts.append("verified" if self.verified else "VERIFY FAILED")
         if len(self.outputs) > 1:
@@ -1051,7 +1168,7 @@ def _check_disk(input_bytes: int, first_output: str, tmpdir: str, budget: _Budge
 def shuffle_files(inputs, output, *, mem="512M", tmpdir=None, seed=None, mode: str = "fair",
                   split_lines: int | None = None, chunk_lines: int | None = None,
                   reject_fix: bool = False, verify: bool = False, progress: bool | None = None,
-                  fsync: bool = False) -> ShuffleStats:
+                  fsync: bool = False, nocache: bool = False) -> ShuffleStats:
     """Write the lines of ``inputs`` (paths, concatenated) to ``output`` in random order.
 
     ``mode="fair"`` gives an exactly uniform permutation by random-bucket scatter; ``"merge"`` is
@@ -1061,6 +1178,7 @@ def shuffle_files(inputs, output, *, mem="512M", tmpdir=None, seed=None, mode: s
     ``split_lines=N`` writes ``output.00000``, ``output.00001``... (or ``output.format(i)`` if
     ``output`` holds ``{}``) of N lines each. ``seed=None`` draws one (it is in the result).
     ``verify`` re-reads the output and compares multiset fingerprints before the rename.
+    ``nocache`` keeps input, temporary and output files out of the page cache (module docstring).
     Raises ``ShuffleError`` for bad inputs or options, ``KeyboardInterrupt`` on SIGINT/SIGTERM/
     SIGHUP, after removing every temporary file. See the module docstring for the uniformity proof.
     From https://kexue.fm/archives/8662 (chapter ``global-shuffle``).
@@ -1102,11 +1220,13 @@ def shuffle_files(inputs, output, *, mem="512M", tmpdir=None, seed=None, mode: s
                 _first_output_name(output, split_lines)))).st_dev
             io = _Background(max(budget.pending, 2 * budget.piece),
                              threaded=input_bytes > max(budget.cap, _THREAD_MIN))
-            writer = _OutputWriter(output, split_lines, budget.piece, fsync, workdir if same_disk else None, io)
+            writer = _OutputWriter(output, split_lines, budget.piece, fsync, workdir if same_disk else None, io,
+                                   nocache)
             fp_in = Fingerprint() if verify else None
             job = _Job(budget, rng, workdir, writer, fp_in, bar, io)
+            job.nocache = stats.nocache = bool(nocache)
             sink = job.huge_sink if mode == "fair" else None
-            reader = _LineReader(inputs, budget.piece, budget.huge, sink, bar)
+            reader = _LineReader(inputs, budget.piece, budget.huge, sink, bar, drop=bool(nocache))
             t1 = time.perf_counter()
             if mode == "fair":
                 _fair_shuffle(job, reader, input_bytes)
@@ -1125,6 +1245,7 @@ def shuffle_files(inputs, output, *, mem="512M", tmpdir=None, seed=None, mode: s
             stats.added_newlines = reader.added_lines
             stats.n_buckets, stats.n_resplit = job.n_buckets, job.n_resplit
             stats.n_chunks, stats.n_huge_lines = job.n_chunks, job.n_huge
+            stats.tmp_resident = job.tmp_resident
             expected_bytes = input_bytes + reader.added_bytes
             if writer.n_bytes != expected_bytes:
                 raise ShuffleError(f"wrote {writer.n_bytes} bytes, expected {expected_bytes}: did an input "
