@@ -9,11 +9,13 @@ Pieces:
   :func:`exact_w1`, :func:`w1_to_point`, and the mini-batch study :func:`minibatch_w1_study`;
 - the two critics' W1 estimates: WGAN-GP's :func:`gradient_penalty` and the c-transform estimate
   (Mallasto et al., arXiv 1910.03875) :func:`c_transform`, :func:`c_transform_estimate`;
-- four GANs on the same small MLPs, :func:`train_gan` with ``kind`` in ``GAN_KINDS`` (the two
-  WGANs, and the plain GAN with and without spectral normalisation);
+- five GANs on the same small MLPs, :func:`train_gan` with ``kind`` in ``GAN_KINDS`` (WGAN-GP, the
+  c-transform WGAN, WGAN-div with its zero-centred penalty, and the plain GAN with and without
+  spectral normalisation);
 - sample quality proxies: a Fréchet distance in the features of a classifier the chapter trains
-  (:func:`frechet_distance`, *not* the Inception FID) and nearest-neighbour distances
-  (:func:`nearest_distance`).
+  (:func:`frechet_distance`, *not* the Inception FID), k-NN precision and recall in the same
+  features (:func:`knn_precision_recall`, Kynkäänniemi et al. 2019), a Laplacian sharpness score
+  (:func:`laplacian_sharpness`) and nearest-neighbour distances (:func:`nearest_distance`).
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-GAN_KINDS = ("wgan_gp", "ctransform", "sn_gan", "gan")
-GAN_NAMES = {"wgan_gp": "WGAN-GP", "ctransform": "c-transform WGAN", "sn_gan": "GAN + spectral norm",
-             "gan": "GAN (no constraint)"}
+GAN_KINDS = ("wgan_gp", "ctransform", "wgan_div", "sn_gan", "gan")
+GAN_NAMES = {"wgan_gp": "WGAN-GP", "ctransform": "c-transform WGAN", "wgan_div": "WGAN-div (zero-centred)",
+             "sn_gan": "GAN + spectral norm", "gan": "GAN (no constraint)"}
 
 
 # -- exact Wasserstein-1 --------------------------------------------------------------------------
@@ -68,37 +70,44 @@ def kmeans_centres(x, k: int, seed: int = 0, max_iter: int = 100) -> tuple[np.nd
     return km.cluster_centers_.astype(np.float32), weights
 
 
-def minibatch_w1_study(X, centres, centre_weights, *, batch_size: int, trials: int,
+def minibatch_w1_study(X, centres=None, centre_weights=None, *, batch_size: int, trials: int,
                        seed: int = 0) -> dict[str, np.ndarray]:
     """For ``trials`` pairs of independent real batches A, A' of ``batch_size`` rows of ``X``: exact
-    W1(A, A'), W1(A, mean of X) (:func:`w1_to_point`) and W1(A, k-means centres weighted by cluster
-    size) (:func:`exact_w1`). The article's point: the last two are *smaller*, so a generator that
-    minimises batch W1 is pulled towards blurry averages. https://kexue.fm/archives/8244."""
+    W1(A, A') (``real_real``), W1(A, mean of X) (``real_mean``, :func:`w1_to_point`) and, when
+    ``centres`` are given, W1(A, k-means centres weighted by cluster size) (``real_kmeans``) and
+    W1(A, the same centres with uniform weights) (``real_kmeans_uniform``) (:func:`exact_w1`). The
+    article's point: the averages are *closer*, so a generator that minimises batch W1 is pulled
+    towards blurry averages. https://kexue.fm/archives/8244, chapter wgan-critique."""
     X = np.asarray(X, np.float32)
     rng = np.random.default_rng(seed)
     mean = X.mean(axis=0)
-    out = {"real_real": [], "real_mean": [], "real_kmeans": []}
+    keys = ["real_real", "real_mean"] + (["real_kmeans", "real_kmeans_uniform"] if centres is not None else [])
+    out = {k: [] for k in keys}
     for _ in range(trials):
         idx = rng.choice(len(X), size=2 * batch_size, replace=False)
         A, A2 = X[idx[:batch_size]], X[idx[batch_size:]]
         out["real_real"].append(exact_w1(A, A2))
         out["real_mean"].append(w1_to_point(A, mean))
-        out["real_kmeans"].append(exact_w1(A, centres, b_weights=centre_weights))
+        if centres is not None:
+            out["real_kmeans"].append(exact_w1(A, centres, b_weights=centre_weights))
+            out["real_kmeans_uniform"].append(exact_w1(A, centres))
     return {k: np.array(v) for k, v in out.items()}
 
 
 # -- the critics' W1 estimates -----------------------------------------------------------------------
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, center: float = 1.0,
-                     eps: torch.Tensor | None = None) -> torch.Tensor:
-    """WGAN-GP's penalty E_x̂ (||∇D(x̂)||_2 - center)^2 at x̂ = ε x_real + (1-ε) x_fake, ε ~ U[0, 1]
-    per row (``eps`` fixes it); ``center=0`` gives the zero-centred (WGAN-div-like) variant. Built
-    with ``create_graph=True`` so the critic can be trained through it.
-    https://kexue.fm/archives/8244, chapter wgan-critique."""
+                     eps: torch.Tensor | None = None, power: float = 2.0) -> torch.Tensor:
+    """The gradient penalty E_x̂ |‖∇D(x̂)‖_2 - center|^power at x̂ = ε x_real + (1-ε) x_fake,
+    ε ~ U[0, 1] per row (``eps`` fixes it). ``center=1, power=2`` is WGAN-GP's; ``center=0,
+    power=6`` is WGAN-div's zero-centred ‖∇D‖^p (Wu et al. 2018, arXiv 1712.01026, with k = 2,
+    p = 6; https://kexue.fm/archives/6139). Built with ``create_graph=True`` so the critic can be
+    trained through it. https://kexue.fm/archives/8244, chapter wgan-critique."""
     if eps is None:
         eps = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - center) ** 2).mean()
+    gap = grad.flatten(1).norm(dim=1) - center
+    return (gap ** 2 if power == 2 else gap.abs() ** power).mean()
 
 
 def c_transform(phi_real: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
@@ -136,19 +145,23 @@ def mlp_critic(in_dim: int, hidden: int, spectral_norm: bool = False) -> nn.Sequ
 
 def critic_estimate(kind: str, critic, real: torch.Tensor, fake: torch.Tensor) -> float:
     """The W1 estimate a trained critic reports on a pair of batches: E D(real) - E D(fake) for
-    WGAN-GP, the c-transform estimate for the c-transform WGAN, NaN for the plain GAN (its
-    discriminator estimates no W1). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    WGAN-GP and WGAN-div (for WGAN-div the critic is not held near 1-Lipschitz, so this gap is its
+    objective, not a W1 estimate), the c-transform estimate for the c-transform WGAN, NaN for the
+    plain GAN (its discriminator estimates no W1). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     with torch.no_grad():
-        if kind == "wgan_gp":
+        if kind in ("wgan_gp", "wgan_div"):
             return float(critic(real).mean() - critic(fake).mean())
         if kind == "ctransform":
             return float(c_transform_estimate(critic(real).squeeze(1), real, fake))
     return math.nan
 
 
-def _critic_loss(kind, D, real, fake, gp_weight):
+def _critic_loss(kind, D, real, fake, gp_weight, div_weight=2.0, div_power=6.0):
     if kind == "wgan_gp":  # minimise E D(fake) - E D(real) + λ GP
         return D(fake).mean() - D(real).mean() + gp_weight * gradient_penalty(D, real, fake)
+    if kind == "wgan_div":  # minimise E D(fake) - E D(real) + k E ||∇D||^p (zero-centred)
+        return D(fake).mean() - D(real).mean() + div_weight * gradient_penalty(D, real, fake, center=0.0,
+                                                                              power=div_power)
     if kind == "ctransform":  # maximise Ŵ
         return -c_transform_estimate(D(real).squeeze(1), real, fake)
     # plain GAN: binary cross-entropy, real -> 1, fake -> 0
@@ -156,7 +169,7 @@ def _critic_loss(kind, D, real, fake, gp_weight):
 
 
 def _generator_loss(kind, D, real, fake):
-    if kind == "wgan_gp":
+    if kind in ("wgan_gp", "wgan_div"):
         return -D(fake).mean()
     if kind == "ctransform":
         with torch.no_grad():
@@ -167,7 +180,8 @@ def _generator_loss(kind, D, real, fake):
 
 def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32, hidden: int = 256,
               n_critic: int = 5, lr: float = 1e-4, betas=(0.5, 0.9), gp_weight: float = 10.0,
-              eval_real=None, eval_every: int = 100, eval_batch: int = 256, seed: int = 0,
+              div_weight: float = 2.0, div_power: float = 6.0, eval_real=None, eval_every: int = 100,
+              eval_batch: int = 256, seed: int = 0,
               device=None) -> dict:
     """Train one GAN on the rows of ``X`` (pixels in [0, 1]) for ``steps`` generator steps, each after
     ``n_critic`` critic steps on fresh batches, with Adam(lr, betas) for both networks:
@@ -175,6 +189,9 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
     - ``wgan_gp``: critic loss E D(G(z)) - E D(x) + λ E(||∇D(x̂)|| - 1)^2, generator loss -E D(G(z));
     - ``ctransform``: critic maximises Ŵ = E φ(x) + E φ^c(G(z)) (no Lipschitz constraint needed),
       generator minimises E φ^c(G(z)) through the batch min;
+    - ``wgan_div``: critic loss E D(G(z)) - E D(x) + k E ||∇D(x̂)||^p (the zero-centred penalty of
+      WGAN-div, k = ``div_weight``, p = ``div_power``, x̂ on the same random segments as WGAN-GP),
+      generator loss -E D(G(z));
     - ``sn_gan``: the plain (non-saturating) GAN with a spectrally normalised discriminator;
     - ``gan``: the same plain GAN without spectral normalisation (the control for the Lipschitz
       constraint).
@@ -223,7 +240,7 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
             real = batch(batch_size)
             with torch.no_grad():
                 fake = G(torch.randn(batch_size, z_dim, device=device))
-            loss_d = _critic_loss(kind, D, real, fake, gp_weight)
+            loss_d = _critic_loss(kind, D, real, fake, gp_weight, div_weight, div_power)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
@@ -362,24 +379,79 @@ def tile_images(images, shape, nrow: int) -> np.ndarray:
     return canvas
 
 
+def knn_radii(features, k: int = 3, chunk: int = 1024) -> np.ndarray:
+    """For every row f_i, the distance to its k-th nearest *other* row (duplicates count: a point
+    repeated k+1 times has radius 0), the radius of its k-NN ball in the manifold estimate of
+    Kynkäänniemi et al. 2019 (arXiv 1904.06991). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    F_ = torch.as_tensor(np.asarray(features, np.float64)).flatten(1)
+    out = []
+    for i in range(0, len(F_), chunk):
+        d = torch.cdist(F_[i:i + chunk], F_)
+        d[torch.arange(len(d)), torch.arange(i, i + len(d))] = math.inf  # not its own neighbour
+        out.append(d.kthvalue(k, dim=1).values)
+    return torch.cat(out).numpy()
+
+
+def _covered(points, centres, radii, chunk: int = 1024) -> np.ndarray:
+    P = torch.as_tensor(np.asarray(points, np.float64)).flatten(1)
+    C = torch.as_tensor(np.asarray(centres, np.float64)).flatten(1)
+    r = torch.as_tensor(np.asarray(radii, np.float64))
+    return torch.cat([(torch.cdist(P[i:i + chunk], C) <= r).any(dim=1) for i in range(0, len(P), chunk)]).numpy()
+
+
+def knn_precision_recall(real_features, fake_features, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, arXiv 1904.06991): each set's manifold
+    is the union of balls around its points with radius = distance to the k-th nearest neighbour
+    in the same set (:func:`knn_radii`). Precision = fraction of fake points inside the real manifold
+    (fidelity), recall = fraction of real points inside the fake manifold (coverage, diversity).
+    A set of a few repeated centroids has balls of radius 0 and so a recall near 0, however close
+    its points are to the real data's mean. Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    real, fake = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+    precision = float(_covered(fake, real, knn_radii(real, k)).mean())
+    recall = float(_covered(real, fake, knn_radii(fake, k)).mean())
+    return precision, recall
+
+
+def laplacian_sharpness(images, shape) -> float:
+    """Mean over images of the mean squared 4-neighbour discrete Laplacian over interior pixels,
+    (4 x[i,j] - x[i-1,j] - x[i+1,j] - x[i,j-1] - x[i,j+1])^2: the high-frequency energy of an image,
+    small for blurry averages (a mean image or a k-means centre), large for noise. Divided by the
+    same score of real images it gives a sharpness ratio (1 = as sharp as the data).
+    Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    x = np.asarray(images, np.float64).reshape(-1, *shape)
+    lap = (4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    return float((lap ** 2).mean())
+
+
 def sample_quality(images, *, reference, train, centres, classifier: FeatureClassifier,
-                   reference_features=None, w1_size: int = 1000, seed: int = 0) -> dict:
+                   reference_features=None, w1_size: int = 1000, shape=None, k: int = 3,
+                   seed: int = 0) -> dict:
     """Sample-quality proxies of a set of images (rows of pixels), none of them the Inception FID:
 
     - ``fd``: Fréchet distance between Gaussians fitted to the ``classifier``'s features of
       ``images`` and of ``reference`` (held-out real images), :func:`frechet_distance`;
     - ``w1``: exact W1 (:func:`exact_w1`) between ``w1_size`` of the images and as many reference images;
     - ``nn_train``: mean distance to the nearest training image (small = realistic, or copied);
-    - ``nn_centre``: mean distance to the nearest k-means centre (small = centroid-like, blurry).
+    - ``nn_centre``: mean distance to the nearest k-means centre (small = centroid-like, blurry);
+    - ``precision``, ``recall``: :func:`knn_precision_recall` (k-NN manifolds, ``k``) between the
+      features of the same ``w1_size`` images and reference images;
+    - ``sharpness``: :func:`laplacian_sharpness` of the images divided by that of the reference
+      (only when ``shape`` is given).
 
     Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     images = np.asarray(images, np.float32).reshape(len(images), -1)
     reference = np.asarray(reference, np.float32).reshape(len(reference), -1)
     ref_f = classifier.features(reference) if reference_features is None else reference_features
+    img_f = classifier.features(images)
     rng = np.random.default_rng(seed)
     n = min(w1_size, len(images), len(reference))
-    w1 = exact_w1(images[rng.choice(len(images), n, replace=False)],
-                  reference[rng.choice(len(reference), n, replace=False)])
-    return {"fd": frechet_distance_features(classifier.features(images), ref_f), "w1": w1,
-            "nn_train": float(nearest_distance(images, train).mean()),
-            "nn_centre": float(nearest_distance(images, centres).mean())}
+    i_img, i_ref = rng.choice(len(images), n, replace=False), rng.choice(len(reference), n, replace=False)
+    w1 = exact_w1(images[i_img], reference[i_ref])
+    precision, recall = knn_precision_recall(ref_f[i_ref], img_f[i_img], k=k)
+    out = {"fd": frechet_distance_features(img_f, ref_f), "w1": w1,
+           "nn_train": float(nearest_distance(images, train).mean()),
+           "nn_centre": float(nearest_distance(images, centres).mean()),
+           "precision": precision, "recall": recall}
+    if shape is not None:
+        out["sharpness"] = laplacian_sharpness(images, shape) / laplacian_sharpness(reference, shape)
+    return out

@@ -57,7 +57,11 @@ def test_kmeans_centres_weights_and_study_shapes():
     order = np.argsort(centres[:, 0])
     assert np.allclose(w[order], [0.75, 0.25]) and np.allclose(centres[order], [[0, 0], [5, 5]], atol=0.1)
     out = Gn.minibatch_w1_study(X, centres, w, batch_size=4, trials=3, seed=0)
-    assert {k: v.shape for k, v in out.items()} == {k: (3,) for k in ("real_real", "real_mean", "real_kmeans")}
+    assert {k: v.shape for k, v in out.items()} == {k: (3,) for k in ("real_real", "real_mean", "real_kmeans",
+                                                                      "real_kmeans_uniform")}
+    no_centres = Gn.minibatch_w1_study(X, batch_size=4, trials=3, seed=0)
+    assert set(no_centres) == {"real_real", "real_mean"}
+    assert np.array_equal(no_centres["real_real"], out["real_real"])
     rng = np.random.default_rng(0)  # the study's own draws, recomputed by hand
     for t in range(3):
         idx = rng.choice(len(X), size=8, replace=False)
@@ -65,6 +69,9 @@ def test_kmeans_centres_weights_and_study_shapes():
         assert out["real_real"][t] == pytest.approx(_brute_force_w1(A.astype(float), A2.astype(float)), rel=1e-6)
         assert out["real_mean"][t] == pytest.approx(np.linalg.norm(A - X.mean(0), axis=1).mean(), rel=1e-6)
         assert out["real_kmeans"][t] == pytest.approx(Gn.exact_w1(A, centres, b_weights=w), rel=1e-12)
+        # uniform weights on the 2 centres = a batch of 4 with each centre twice (Birkhoff, brute force)
+        assert out["real_kmeans_uniform"][t] == pytest.approx(
+            _brute_force_w1(A.astype(float), centres[[0, 0, 1, 1]].astype(float)), rel=1e-6)
 
 
 # -- critics ------------------------------------------------------------------------------------------
@@ -82,6 +89,11 @@ def test_gradient_penalty_matches_autograd_of_a_known_function():
     for center in (1.0, 0.0):
         got = Gn.gradient_penalty(critic, real, fake, center=center, eps=eps)
         assert got.item() == pytest.approx(((grad_norm - center) ** 2).mean().item(), rel=1e-12)
+    # WGAN-div's zero-centred ||∇D||^6, and an odd power of |·| with centre 1
+    got = Gn.gradient_penalty(critic, real, fake, center=0.0, power=6, eps=eps)
+    assert got.item() == pytest.approx((grad_norm ** 6).mean().item(), rel=1e-12)
+    got = Gn.gradient_penalty(critic, real, fake, center=1.0, power=3, eps=eps)
+    assert got.item() == pytest.approx(((grad_norm - 1).abs() ** 3).mean().item(), rel=1e-12)
 
 
 def test_gradient_penalty_is_zero_for_unit_slope_and_trainable():
@@ -149,6 +161,7 @@ def test_train_gan_runs_and_logs(kind):
                      eval_batch=32, seed=0)
     assert list(r["log"]["step"]) == [0, 3, 6] and np.all(r["log"]["exact_w1"] > 0)
     assert np.all(np.isnan(r["log"]["estimate"])) == (kind in ("sn_gan", "gan"))
+    assert np.any(np.isnan(r["log"]["estimate"])) == (kind in ("sn_gan", "gan"))  # all NaN or none
     s = Gn.sample(r["G"], 10, 4, seed=1)
     assert s.shape == (10, 16) and s.min() >= 0 and s.max() <= 1
     assert np.array_equal(s, Gn.sample(r["G"], 10, 4, seed=1))
@@ -163,6 +176,20 @@ def test_plain_gan_differs_from_sn_gan_only_by_the_spectral_norm():
     plain, sn = Gn.train_gan("gan", X, **kw), Gn.train_gan("sn_gan", X, **kw)
     assert not any("parametrizations" in n for n, _ in plain["D"].named_parameters())
     assert any("parametrizations" in n for n, _ in sn["D"].named_parameters())
+
+
+def test_wgan_div_critic_loss_is_the_zero_centred_penalty_of_order_6():
+    torch.manual_seed(0)
+    D = Gn.mlp_critic(5, 8).double()
+    real, fake = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    torch.manual_seed(1)
+    got = Gn._critic_loss("wgan_div", D, real, fake, gp_weight=10.0, div_weight=2.0, div_power=6.0)
+    torch.manual_seed(1)  # the same interpolation weights
+    eps = torch.rand(6, 1, dtype=torch.float64)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x_hat).sum(), x_hat)
+    expect = D(fake).mean() - D(real).mean() + 2.0 * (g.norm(dim=1) ** 6).mean()
+    assert got.item() == pytest.approx(expect.item(), rel=1e-10)
 
 
 def test_late_relative_error():
@@ -183,7 +210,7 @@ def test_spectral_norm_critic_has_unit_top_singular_value():
 
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown GAN kind"):
-        Gn.train_gan("wgan_div", np.zeros((4, 2)), steps=1)
+        Gn.train_gan("wgan_clip", np.zeros((4, 2)), steps=1)
 
 
 # -- sample quality -----------------------------------------------------------------------------------
@@ -250,3 +277,63 @@ def test_sample_quality_of_the_reference_itself():
     assert q["nn_centre"] == pytest.approx(Gn.nearest_distance(X, centres).mean(), rel=1e-6)
     far = Gn.sample_quality(X + 5, reference=X, train=X, centres=centres, classifier=clf, w1_size=200)
     assert far["w1"] == pytest.approx(5 * np.sqrt(3), rel=1e-6)  # a pure shift moves every point by |v|
+
+
+# -- precision / recall, sharpness --------------------------------------------------------------------
+def _slow_knn_radius(F_, k):
+    out = []
+    for i in range(len(F_)):
+        d = sorted(np.linalg.norm(F_[i] - F_[j]) for j in range(len(F_)) if j != i)
+        out.append(d[k - 1])
+    return np.array(out)
+
+
+def _slow_precision_recall(real, fake, k):
+    rr, rf = _slow_knn_radius(real, k), _slow_knn_radius(fake, k)
+    prec = np.mean([any(np.linalg.norm(f - r) <= rad for r, rad in zip(real, rr)) for f in fake])
+    rec = np.mean([any(np.linalg.norm(r - f) <= rad for f, rad in zip(fake, rf)) for r in real])
+    return prec, rec
+
+
+@given(st.integers(0, 10_000), st.integers(1, 4))
+@settings(max_examples=15, deadline=None)
+def test_knn_precision_recall_matches_slow_loops(seed, k):
+    rng = np.random.default_rng(seed)
+    real, fake = rng.normal(size=(23, 3)), rng.normal(0.7, 1.3, size=(19, 3))
+    assert Gn.knn_radii(real, k, chunk=5) == pytest.approx(_slow_knn_radius(real, k), rel=1e-12)
+    assert Gn.knn_precision_recall(real, fake, k) == pytest.approx(_slow_precision_recall(real, fake, k))
+
+
+def test_knn_precision_recall_limits():
+    rng = np.random.default_rng(9)
+    real = rng.normal(size=(200, 4))
+    assert Gn.knn_precision_recall(real, real, 3) == (1.0, 1.0)
+    far = Gn.knn_precision_recall(real, real + 100, 3)
+    assert far == (0.0, 0.0)
+    # a few centroids repeated: every ball has radius 0, so recall is 0 while precision can be 1
+    centroids = real[:4].repeat(10, axis=0)
+    p, r = Gn.knn_precision_recall(real, centroids, 3)
+    assert p == 1.0 and r == pytest.approx(4 / 200)  # only the 4 real points that are the centroids
+
+
+def test_laplacian_sharpness_slow_loop_and_limits():
+    rng = np.random.default_rng(10)
+    x = rng.random((3, 5, 6))
+    slow = np.mean([(4 * im[i, j] - im[i - 1, j] - im[i + 1, j] - im[i, j - 1] - im[i, j + 1]) ** 2
+                    for im in x for i in range(1, 4) for j in range(1, 5)])
+    assert Gn.laplacian_sharpness(x.reshape(3, -1), (5, 6)) == pytest.approx(slow, rel=1e-12)
+    ramp = np.add.outer(np.arange(5.0), 2 * np.arange(6.0))[None]  # linear images have zero Laplacian
+    assert Gn.laplacian_sharpness(ramp, (5, 6)) == pytest.approx(0.0, abs=1e-20)
+    assert Gn.laplacian_sharpness(x.mean(axis=0, keepdims=True), (5, 6)) < Gn.laplacian_sharpness(x, (5, 6))
+
+
+def test_sample_quality_new_keys():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, 120)
+    X = (np.repeat(np.eye(3)[y], 3, axis=1) + rng.normal(0, 0.2, (120, 9))).astype(np.float32)
+    clf = Gn.train_feature_classifier(X, y, epochs=2, feat_dim=4, seed=0)
+    q = Gn.sample_quality(X, reference=X, train=X, centres=X[:3], classifier=clf, w1_size=120, shape=(3, 3))
+    assert q["precision"] == 1.0 and q["recall"] == 1.0 and q["sharpness"] == pytest.approx(1.0)
+    blur = Gn.sample_quality(np.repeat(X.mean(0, keepdims=True), 120, axis=0), reference=X, train=X,
+                             centres=X[:3], classifier=clf, w1_size=120, shape=(3, 3))
+    assert blur["recall"] <= 1 / 120 and blur["sharpness"] < 0.2
