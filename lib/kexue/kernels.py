@@ -19,6 +19,7 @@ zero for a model that is linear in θ, whose tangent kernel does not move.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -551,10 +552,10 @@ def euclidean_scores(x_probe: torch.Tensor, x_train: torch.Tensor) -> torch.Tens
     return -torch.cdist(x_probe, x_train)
 
 
-def step_size_sweep(make_model, x_train: torch.Tensor, y_train: torch.Tensor, x_probe: torch.Tensor, *,
+def step_size_sweep(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_probe: torch.Tensor, *,
                     lrs: list[float], steps: int, optimizer: str = "gd", loss=squared_loss, **opt_kw) -> list[dict]:
-    """One run of ``train_with_path_kernel`` per step size (a fresh ``make_model()`` each, so every
-    run starts from the same θ_0), with the same number of steps. Per run: ``lr``, ``stable``
+    """One run of ``train_with_path_kernel`` per step size, each on a fresh copy of ``model`` (which
+    stays untouched, so every run starts from the same θ_0), with the same number of steps. Per run: ``lr``, ``stable``
     (finite and final training loss below the initial one), ``final_loss``, ``df`` = max|f_T - f_0|
     on the probes, and the relative errors (``reconstruction_error``) of the first-order machine
     f_0 + Σ_t ∇f_t·Δθ_t (``err``; for GD the path-kernel machine), of the model linearised at θ_0
@@ -563,7 +564,7 @@ def step_size_sweep(make_model, x_train: torch.Tensor, y_train: torch.Tensor, x_
     https://kexue.fm/archives/8009, chapter ``sgd-kernel-machine``."""
     rows = []
     for lr in lrs:
-        r = train_with_path_kernel(make_model(), x_train, y_train, x_probe, loss=loss, lr=lr, steps=steps,
+        r = train_with_path_kernel(copy.deepcopy(model), x_train, y_train, x_probe, loss=loss, lr=lr, steps=steps,
                                    optimizer=optimizer, **opt_kw)
         loss_t = r["train_loss"]
         stable = (not r["diverged"]) and bool(np.isfinite(loss_t[-1])) and loss_t[-1] < loss_t[0]

@@ -380,17 +380,20 @@ def test_constant_beta_error_and_retrieval_baselines():
 def test_step_size_sweep_and_tuned_run():
     x, y, xp = _sine()
     mk = lambda: _model([1, 6, 6, 1])  # noqa: E731
-    rows = Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01, 0.05, 20.0], steps=30)
+    template = mk()
+    before = [p.detach().clone() for p in template.parameters()]
+    rows = Kn.step_size_sweep(template, x, y, xp, lrs=[0.01, 0.05, 20.0], steps=30)
     assert [r["stable"] for r in rows] == [True, True, False]
+    assert all(torch.equal(p, q) for p, q in zip(before, template.parameters()))  # template untouched
     single = Kn.train_with_path_kernel(mk(), x, y, xp, lr=0.05, steps=30)
     assert rows[1]["err"] == pytest.approx(Kn.reconstruction_error(single["fT_probe"], single["tangent_probe"], single["f0_probe"]))
     assert rows[1]["err_gd_form"] == pytest.approx(rows[1]["err"])  # GD: the same machine
     assert rows[1]["final_loss"] < rows[0]["final_loss"]
     assert Kn.tuned_run(rows)["lr"] == 0.05
-    mom = Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01], steps=30, optimizer="momentum", momentum=0.5)
+    mom = Kn.step_size_sweep(mk(), x, y, xp, lrs=[0.01], steps=30, optimizer="momentum", momentum=0.5)
     ref = Kn.train_with_path_kernel(mk(), x, y, xp, lr=0.01, steps=30, optimizer="momentum", momentum=0.5)
     assert mom[0]["err_gd_form"] == pytest.approx(
         Kn.reconstruction_error(ref["fT_probe"], ref["f0_probe"] + 2.0 * ref["full_alphaK"], ref["f0_probe"]))
-    assert np.isnan(Kn.step_size_sweep(mk, x, y, xp, lrs=[0.01], steps=5, optimizer="adam")[0]["err_gd_form"])
+    assert np.isnan(Kn.step_size_sweep(mk(), x, y, xp, lrs=[0.01], steps=5, optimizer="adam")[0]["err_gd_form"])
     with pytest.raises(ValueError):
         Kn.tuned_run([{"stable": False, "final_loss": 1.0}])
