@@ -568,14 +568,17 @@ def member_params(params: dict, e: int) -> dict:
 
 
 def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, steps: int = 1000,
-                 batch: int = 64, lr: float = 1e-3, clip: float | None = None, eval_every: int = 50,
+                 batch: int = 64, lr: float | list[float] = 1e-3, clip: float | None = None, eval_every: int = 50,
                  eval_batch: int = 1000, seed: int = 0, scale: float = 1.0, forget_bias: float = 0.0,
                  recent: bool = False, device=None) -> dict:
     """Train E = ``members`` seeds of a ``kind`` cell on the adding problem of length T with Adam
     (MSE loss, fresh data each step, per-member gradient clipping when ``clip`` is set). Every
     ``eval_every`` steps the MSE on a fixed held-out set (its own generator, never trained on) is
     recorded. ``scale`` and ``forget_bias`` go to :func:`init_cell_params`; ``recent`` trains and
-    evaluates the no-history variant of :func:`adding_problem`. Returns {"steps",
+    evaluates the no-history variant of :func:`adding_problem`. ``lr`` is one learning rate, or one
+    per member (a list of E rates: Adam's step is the learning rate times a quantity that does not
+    depend on it, so each member's step is computed at rate 1 and scaled by its own rate; members
+    are independent, so a learning-rate grid fits in one ensemble). Returns {"steps",
     "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds", "diverged" (E,), "params" (the
     trained cell parameters on the CPU; :func:`member_params` picks one member)}; a member whose loss turns non-finite is marked diverged and its later losses
     are NaN. Data are drawn on the CPU (the same stream on every device); the model and the batches
@@ -588,7 +591,13 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
                               forget_bias=forget_bias).to(device)
     x_ev, y_ev = adding_problem(members * eval_batch, T, torch.Generator().manual_seed(10_000 + seed), recent=recent)
     x_ev, y_ev = x_ev.view(members, eval_batch, T, 2).to(device), y_ev.view(members, eval_batch).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    per_member = not isinstance(lr, (int, float))
+    if per_member:
+        rates = torch.as_tensor(list(lr), dtype=torch.float32)
+        if rates.shape != (members,) or not bool(torch.all(rates > 0)):
+            raise ValueError(f"lr: give one positive learning rate or {members} (one per member), got {list(lr)}")
+        rates = rates.to(x_ev.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1.0 if per_member else lr)
     rec_steps, ev, tr = [], [], []
     diverged = torch.zeros(members, dtype=torch.bool, device=x_ev.device)
 
@@ -615,7 +624,13 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
         for q in model.parameters():  # a diverged member stops moving; the others are unaffected
             q.grad[diverged] = 0
             q.grad.nan_to_num_(0.0)
+        if per_member:
+            before = [q.detach().clone() for q in model.parameters()]
         opt.step()
+        if per_member:
+            with torch.no_grad():
+                for q, b in zip(model.parameters(), before):
+                    q.copy_(b + (q - b) * rates.view(-1, *([1] * (q.dim() - 1))))
         tr.append(torch.where(diverged, torch.full_like(per, float("nan")), per).detach().cpu().numpy())
         if step % eval_every == 0 or step == steps:
             evaluate(step)
