@@ -376,6 +376,22 @@ def _write_all(fd: int, data) -> None:
         view = view[os.write(fd, view):]
 
 
+def run_comparison_tool(prog: str, call, stats_json: str | None) -> int:
+    """The ``main`` of a comparison script (:mod:`kexue.shuffle.plain`, :mod:`kexue.shuffle.engines`):
+    run ``call()``, print ``prog: error: …`` and return 1 on a :class:`ShuffleError` or an OSError,
+    else write the returned stats dict to ``stats_json`` (when given) and return 0."""
+    try:
+        stats = call()
+    except (ShuffleError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    if stats_json:
+        import json
+        with open(stats_json, "w") as f:
+            json.dump(stats, f)
+    return 0
+
+
 def _drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
     """``posix_fadvise(DONTNEED)``: start writing back the range's dirty pages and drop its clean
     ones from the page cache (no root needed). A no-op where the call is missing."""

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from .core import LINE_OVERHEAD, ShuffleError, parse_size
+from .core import LINE_OVERHEAD, ShuffleError, parse_size, run_comparison_tool
 
 
 def _final_terminator(path: str, size: int) -> bytes:
@@ -217,7 +217,6 @@ def ray_style_shuffle(inputs, output, *, rows_per_block: int, n_out: int, seed: 
 def main(argv=None) -> int:
     """``python -m kexue.shuffle.engines IN... -o OUT [--mem 192M] [--seed 0] [--scheduler threads]``."""
     import argparse
-    import json
     p = argparse.ArgumentParser(prog="python -m kexue.shuffle.engines",
                                 description="kexue-shuffle's fair algorithm on dask.bag (https://kexue.fm/archives/8662)")
     p.add_argument("inputs", nargs="+")
@@ -230,16 +229,11 @@ def main(argv=None) -> int:
     p.add_argument("--fsync", action="store_true")
     p.add_argument("--stats-json", default=None)
     args = p.parse_args(argv)
-    try:
-        st = dask_shuffle(args.inputs, args.output, mem=args.mem, seed=args.seed, tmpdir=args.tmpdir,
-                          scheduler=args.scheduler, shuffle=args.shuffle, fsync=args.fsync)
-    except (ShuffleError, OSError) as err:
-        print(f"kexue.shuffle.engines: error: {err}", file=sys.stderr)
-        return 1
-    if args.stats_json:
-        with open(args.stats_json, "w") as f:
-            json.dump(st, f)
-    return 0
+    return run_comparison_tool(
+        "kexue.shuffle.engines",
+        lambda: dask_shuffle(args.inputs, args.output, mem=args.mem, seed=args.seed, tmpdir=args.tmpdir,
+                             scheduler=args.scheduler, shuffle=args.shuffle, fsync=args.fsync),
+        args.stats_json)
 
 
 if __name__ == "__main__":

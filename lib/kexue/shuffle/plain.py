@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from .core import ShuffleError, _drop_cache, _resident_fraction, _settle
+from .core import ShuffleError, _drop_cache, _resident_fraction, _settle, run_comparison_tool
 
 
 def plain_shuffle(inputs, output, *, batch_size: int = 100_000, seed=None, tmpdir=None, fsync: bool = False,
@@ -144,17 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--stats-json", default=None)
     args = p.parse_args(argv)
-    try:
-        st = plain_shuffle(args.inputs, args.output, batch_size=args.batch_size, seed=args.seed, tmpdir=args.tmpdir,
-                           fsync=args.fsync, nocache=args.no_cache)
-    except (ShuffleError, OSError) as err:
-        print(f"kexue.shuffle.plain: error: {err}", file=sys.stderr)
-        return 1
-    if args.stats_json:
-        import json
-        with open(args.stats_json, "w") as f:
-            json.dump(st, f)
-    return 0
+    return run_comparison_tool(
+        "kexue.shuffle.plain",
+        lambda: plain_shuffle(args.inputs, args.output, batch_size=args.batch_size, seed=args.seed,
+                              tmpdir=args.tmpdir, fsync=args.fsync, nocache=args.no_cache),
+        args.stats_json)
 
 
 if __name__ == "__main__":
