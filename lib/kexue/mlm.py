@@ -332,33 +332,12 @@ def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int
     return out
 
 
-_WORKER: dict = {}
-
-
-def _worker_init(corpus, threads: int) -> None:
-    torch.set_num_threads(threads)
-    _WORKER["corpus"] = corpus
-
-
-def _worker_run(kw: dict) -> dict:
-    return run_mlm(_WORKER["corpus"], **kw)
-
-
 def run_mlm_many(corpus: MarkovCorpus, runs: list[dict], *, workers: int = 1) -> list[dict]:
     """:func:`run_mlm` for each keyword dict in ``runs``, in order. With ``workers`` > 1 the runs
     go to that many fresh processes with one torch thread each (on a small CPU several one-thread
     runs side by side finish sooner than one multi-threaded run after another; each run is seeded
     by its own ``seed``, so the outcome does not depend on which process runs it). Use
     ``workers=1`` on a GPU (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers == 1:
-        return [run_mlm(corpus, **kw) for kw in runs]
-    if any(kw.get("device") not in (None, "cpu", torch.device("cpu")) for kw in runs):
-        raise ValueError("run_mlm_many: workers > 1 is for the CPU; use workers=1 with a GPU device")
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from .parallel import run_many
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(corpus, 1)) as pool:
-        return list(pool.map(_worker_run, runs))
+    return run_many(run_mlm, runs, workers=workers, shared={"corpus": corpus})

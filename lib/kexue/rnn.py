@@ -542,6 +542,33 @@ def scored_final_mse(run: dict, diverged_mse: float = TRIVIAL_ADDING_MSE) -> np.
     return last
 
 
+def pick_lr(grid, val_mse) -> float:
+    """The rate of ``grid`` with the lowest validation MSE; a tie goes to the smaller rate (the
+    more cautious choice), a non-finite score counts as the worst."""
+    grid, val = np.asarray(grid, dtype=float), np.asarray(val_mse, dtype=float)
+    if grid.shape != val.shape or grid.size == 0:
+        raise ValueError(f"pick_lr: one validation score per rate, got {grid.size} rates and {val.size} scores")
+    val = np.where(np.isfinite(val), val, np.inf)
+    best = np.flatnonzero(val == val.min())
+    return float(grid[best[np.argmin(grid[best])]])
+
+
+def choose_lr(kind: str, T: int, grid, *, seed: int, **train_kw) -> dict:
+    """Choose ``kind``'s Adam learning rate for the adding problem of length T on validation: one
+    :func:`train_adding` ensemble with one member per rate of ``grid`` (one seed per rate, as the
+    book's chapter contract asks), each scored by :func:`scored_final_mse` on the run's held-out
+    set, the best taken by :func:`pick_lr`. The held-out set is drawn from ``10_000 + seed``, so a
+    sweep ``seed`` that no test run uses gives a validation set apart from every test set.
+    ``train_kw`` goes to :func:`train_adding` (not ``members`` or ``lr``). Returns {"lr", "grid",
+    "val_mse", "diverged"} (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    if "members" in train_kw or "lr" in train_kw:
+        raise ValueError("choose_lr: the grid sets the members and their rates; do not pass members or lr")
+    grid = [float(g) for g in grid]
+    run = train_adding(kind, T, members=len(grid), lr=grid, seed=seed, **train_kw)
+    val = scored_final_mse(run)
+    return {"lr": pick_lr(grid, val), "grid": grid, "val_mse": val, "diverged": np.asarray(run["diverged"])}
+
+
 @torch.no_grad()
 def mean_forget_gate(params: dict, T: int, *, n: int = 256, seed: int = 0, recent: bool = False) -> np.ndarray:
     """Per member of a trained LSTM ensemble (``train_adding``'s ``params``), the mean forget gate f_t

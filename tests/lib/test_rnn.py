@@ -440,3 +440,23 @@ def test_train_adding_per_member_learning_rates_match_single_rate_runs():
         R.train_adding("lstm", 5, lr=[1e-2], **kw)
     with pytest.raises(ValueError, match="positive"):
         R.train_adding("lstm", 5, lr=[1e-2, 0.0], **kw)
+
+
+def test_pick_lr_takes_the_lowest_score_ties_to_the_smaller_rate():
+    assert R.pick_lr([1e-3, 1e-2, 3e-3], [0.05, 0.01, 0.02]) == 1e-2
+    assert R.pick_lr([1e-2, 1e-3, 3e-3], [0.01, 0.01, 0.5]) == 1e-3  # tie
+    assert R.pick_lr([1e-3, 1e-2], [np.nan, 0.2]) == 1e-2            # non-finite is worst
+    with pytest.raises(ValueError, match="one validation score per rate"):
+        R.pick_lr([1e-3, 1e-2], [0.1])
+
+
+def test_choose_lr_is_the_argmin_of_the_per_member_rate_run():
+    """The sweep is one train_adding run with one member per rate: the same scores, the obvious argmin."""
+    kw = dict(hidden=8, steps=30, batch=8, eval_every=10, eval_batch=16)
+    grid = [1e-3, 1e-2, 3e-2]
+    got = R.choose_lr("lstm", 5, grid, seed=7, **kw)
+    ref = R.scored_final_mse(R.train_adding("lstm", 5, members=3, lr=grid, seed=7, **kw))
+    np.testing.assert_allclose(got["val_mse"], ref)
+    assert got["lr"] == grid[int(np.argmin(ref))] and got["grid"] == grid
+    with pytest.raises(ValueError, match="do not pass members"):
+        R.choose_lr("lstm", 5, grid, seed=7, members=2, **kw)
