@@ -262,6 +262,36 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
             "step_seconds": (seconds - t_eval) / max(steps, 1), "z_dim": z_dim}
 
 
+def _train_gan_portable(**kw) -> dict:
+    out = train_gan(**kw)
+    out["G"], out["D"] = out["G"].state_dict(), out["D"].state_dict()  # a parametrised module cannot be pickled
+    return out
+
+
+def train_gans(runs: list[dict], X, *, workers: int = 1, **shared) -> list[dict]:
+    """:func:`train_gan` for each keyword dict in ``runs`` (e.g. ``kind``, ``seed``, ``n_critic``),
+    with ``X`` and the keywords in ``shared`` common to all, results in the order of ``runs``. With
+    ``workers`` > 1 the runs go side by side to one-thread processes (:func:`kexue.parallel.run_many`,
+    CPU only); the networks come back as state dicts (spectral normalisation's parametrised modules
+    cannot be pickled) and are rebuilt on the CPU in eval mode, the same weights as a run in this
+    process with one thread. Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    from .parallel import run_many
+
+    if workers == 1:
+        return [train_gan(X=X, **shared, **kw) for kw in runs]
+    outs = run_many(_train_gan_portable, runs, workers=workers, shared={"X": X, **shared})
+    dim = int(np.prod(np.asarray(X).shape[1:]))
+    for out, kw in zip(outs, runs):
+        opts = {**shared, **kw}
+        hidden = opts.get("hidden", 256)
+        G = mlp_generator(out["z_dim"], hidden, dim)
+        D = mlp_critic(dim, hidden, spectral_norm=(opts["kind"] == "sn_gan"))
+        G.load_state_dict(out["G"])
+        D.load_state_dict(out["D"])
+        out["G"], out["D"] = G.eval(), D.eval()
+    return outs
+
+
 def sample(G, n: int, z_dim: int, seed: int = 0) -> np.ndarray:
     """``n`` samples G(z), z ~ N(0, I) from a fixed seed (drawn on the CPU, run on G's device), as a
     float32 array (n, pixels). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
