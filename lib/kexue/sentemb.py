@@ -43,12 +43,40 @@ def encode(model, tok, sentences: list[str], *, pooling: str = "mean", batch_siz
     return out
 
 
-def fit_whitening(X: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_whitening(X: np.ndarray, dim: int | None = None, *,
+                  shrinkage: float | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """BERT-whitening: μ = mean(X), Σ = (X−μ)ᵀ(X−μ)/n = U Λ Uᵀ, W = U Λ^{−1/2} (first ``dim``
-    columns), so that (X−μ)W has identity covariance (https://kexue.fm/archives/8069)."""
+    columns), so that (X−μ)W has identity covariance (https://kexue.fm/archives/8069).
+
+    With n samples Σ has rank at most n − 1, so keeping k = ``dim`` (or d) ≥ n directions would
+    divide by eigenvalues that are zero up to rounding (weights of order 1e8): that raises
+    ``ValueError`` unless ``shrinkage`` is given. ``shrinkage``: α ∈ (0, 1], or ``"ledoit-wolf"``
+    for the α of Ledoit & Wolf (2004) (``sklearn.covariance.ledoit_wolf_shrinkage``); Σ is then
+    replaced by (1 − α)Σ + α·(tr Σ / d)·I, a ridge toward the mean eigenvalue, and (X−μ)W has
+    that shrunk matrix's whitening (identity covariance only in the limit α → 0)."""
     X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    k = dim or d
     mu = X.mean(0, keepdims=True)
-    cov = (X - mu).T @ (X - mu) / len(X)
+    cov = (X - mu).T @ (X - mu) / n
+    if shrinkage is None:
+        if n <= k:
+            raise ValueError(
+                f"fit_whitening: {n} samples for {k} whitened dimensions; the covariance has rank at most "
+                f"{n - 1}, so W would divide by zero eigenvalues. Fit on more sentences (n > {k}, e.g. "
+                f"the train split's), keep fewer dimensions (dim < {n}), or ask for a stated shrinkage "
+                "(shrinkage=0.1, or shrinkage='ledoit-wolf').")
+    else:
+        if shrinkage == "ledoit-wolf":
+            from sklearn.covariance import ledoit_wolf_shrinkage
+            alpha = float(ledoit_wolf_shrinkage(X))
+        elif isinstance(shrinkage, str):
+            raise ValueError("shrinkage must be a number in (0, 1] or 'ledoit-wolf'")
+        else:
+            alpha = float(shrinkage)
+        if not 0 < alpha <= 1:
+            raise ValueError(f"shrinkage must be in (0, 1], got {alpha}")
+        cov = (1 - alpha) * cov + alpha * (np.trace(cov) / d) * np.eye(d)
     u, s, _ = np.linalg.svd(cov)
     W = u / np.sqrt(s)
     return mu, W[:, :dim] if dim else W

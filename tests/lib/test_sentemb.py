@@ -47,6 +47,41 @@ def test_whitening_gives_identity_covariance():
     np.testing.assert_allclose(Z3.T @ Z3 / len(Z3), np.eye(3), atol=1e-8)
 
 
+def test_whitening_refuses_fewer_samples_than_dimensions():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20, 32))
+    with pytest.raises(ValueError, match="shrinkage"):
+        sentemb.fit_whitening(X)                 # n = 20 <= d = 32
+    with pytest.raises(ValueError, match="dim < 20"):
+        sentemb.fit_whitening(X, dim=20)
+    with pytest.raises(ValueError):
+        sentemb.fit_whitening(X[:32], dim=None)  # n = d
+    mu, W = sentemb.fit_whitening(X, dim=8)      # the top 8 < n - 1 directions are well defined
+    Z = sentemb.apply_whitening(X, mu, W)
+    np.testing.assert_allclose(Z.T @ Z / len(Z), np.eye(8), atol=1e-8)
+    for bad in (0, 1.5, -0.1, "oas"):
+        with pytest.raises(ValueError):
+            sentemb.fit_whitening(X, shrinkage=bad)
+
+
+@pytest.mark.parametrize("shrinkage", [0.1, 0.5, 1.0, "ledoit-wolf"])
+@pytest.mark.parametrize("n", [20, 200])
+def test_whitening_with_shrinkage_matches_sklearn(shrinkage, n):
+    from sklearn.covariance import LedoitWolf, ShrunkCovariance
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(n, 32)) @ rng.normal(size=(32, 32)) + 1
+    ref = (LedoitWolf() if shrinkage == "ledoit-wolf" else ShrunkCovariance(shrinkage=shrinkage)).fit(X)
+    mu, W = sentemb.fit_whitening(X, shrinkage=shrinkage)
+    np.testing.assert_allclose(mu[0], ref.location_, atol=1e-12)
+    # W = U Λ^(-1/2) of the shrunk covariance: W Wᵀ is its inverse and Wᵀ Σ W = I
+    np.testing.assert_allclose(W @ W.T, np.linalg.inv(ref.covariance_), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(W.T @ ref.covariance_ @ W, np.eye(32), atol=1e-8)
+    if n == 20:  # without shrinkage these data would give weights of order 1e6 (4.5e6 here)
+        assert np.abs(W).max() < 1e3
+    _, W4 = sentemb.fit_whitening(X, dim=4, shrinkage=shrinkage)
+    np.testing.assert_allclose(np.abs(W4), np.abs(W[:, :4]), atol=1e-10)
+
+
 def test_sts_spearman_uses_the_one_spearman():
     from kexue import stats
     assert sentemb.spearman is stats.spearman

