@@ -45,7 +45,8 @@ def check_scale(scale: str) -> str:
     if scale not in SCALES:
         raise ValueError(
             f"unknown scale {scale!r}: use one of {', '.join(SCALES)} "
-            "(set KEXUE_SCALE, or pass `-p scale full` to papermill / `make run SCALE=full`)")
+            "(`kexue-run <slug> --scale full`, `make run SCALE=full`, $KEXUE_SCALE, "
+            "or `-p scale full` to papermill)")
     return scale
 
 

@@ -17,12 +17,39 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import book, check_scale
+from . import SCALES, book, check_scale
 from .results import RegistrationError, require_registered
 
 
 class ParameterError(ValueError):
     """A parameter the chapter's ``parameters`` cell does not declare."""
+
+
+class OutsideCheckoutError(ValueError):
+    """A write-back into a checkout of the book other than the one holding the working directory."""
+
+
+def checkout_of(path: Path) -> Path | None:
+    """The checkout of the book (a folder with ``_toc.yml`` and ``lib/kexue``) that holds ``path``,
+    searched upwards from ``path`` only: unlike :func:`kexue.book.repo_root`, never the installed
+    library's own checkout."""
+    path = Path(path).resolve()
+    for p in (path, *path.parents):
+        if (p / "_toc.yml").is_file() and (p / "lib" / "kexue").is_dir():
+            return p
+    return None
+
+
+def kernel_config():
+    """Configuration of the kernel papermill starts: IPC transport (Unix sockets beside the connection
+    file) where the platform has it, so that ipykernel neither warns "Kernel is running over TCP
+    without encryption" nor opens TCP ports; TCP on Windows, which has no IPC transport."""
+    from traitlets.config import Config
+
+    c = Config()
+    if os.name != "nt":
+        c.KernelManager.transport = "ipc"
+    return c
 
 
 def declared_parameters(nb_path: Path) -> dict:
@@ -66,6 +93,11 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     ``scale`` parameter when the run is not the default full run, so both mechanisms are exercised.
     With ``write_back`` the executed notebook replaces the chapter's file, minus papermill's
     timestamps; the injected-parameters cell is kept only if it sets something besides the scale.
+
+    A chapter of a checkout that does not hold the working directory (``kexue-run`` started outside
+    the repository finds the chapter in the installed library's checkout) is run, but nothing is
+    written into that checkout: ``write_back`` raises :class:`OutsideCheckoutError`, and the record
+    goes beside ``output`` unless ``results_dir`` is given.
     """
     import nbformat
     import papermill as pm
@@ -73,6 +105,15 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     check_scale(scale)
     nb_path = Path(chapter) if str(chapter).endswith(".ipynb") else book.notebook_for(str(chapter))
     nb_path = nb_path.resolve()
+    here, theirs = checkout_of(Path.cwd()), checkout_of(nb_path.parent)
+    outside = theirs is not None and here != theirs
+    if write_back and outside:
+        where = (f"inside another checkout ({here})" if here is not None
+                 else "not inside any checkout of the book")
+        raise OutsideCheckoutError(
+            f"refusing to write back into {nb_path}: that chapter belongs to the checkout {theirs}, and "
+            f"the working directory {Path.cwd()} is {where}. Run from that checkout (`cd {theirs}`), "
+            "or add --no-write-back (the executed notebook and its record then go to a temporary folder)")
     params = dict(parameters or {})
     check_parameters(nb_path, params)
     if scale != "full":
@@ -84,6 +125,8 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
         # fail now rather than after a 15-minute run: the record would be refused at save()
         require_registered(nb_path.stem, scale, nb_path.with_name(f"{nb_path.stem}.claims.yml"))
     out = Path(output) if output else Path(tempfile.mkdtemp(prefix="kexue-run-")) / nb_path.name
+    if outside and results_dir is None:
+        results_dir = out.parent  # never the other checkout's results/
     env_backup = {k: os.environ.get(k) for k in ("KEXUE_SCALE", "KEXUE_RESULTS_DIR")}
     os.environ["KEXUE_SCALE"] = scale
     if results_dir is not None:
@@ -92,7 +135,8 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     try:
         pm.execute_notebook(str(nb_path), str(out), parameters=params, kernel_name="python3",
                             cwd=str(nb_path.parent), progress_bar=progress, log_output=False,
-                            execution_timeout=cell_timeout or CELL_TIMEOUT[scale])
+                            execution_timeout=cell_timeout or CELL_TIMEOUT[scale],
+                            config=kernel_config())
     finally:
         for k, v in env_backup.items():
             if v is None:
@@ -129,7 +173,8 @@ def _parse_value(text: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="kexue-run", description=__doc__.split("\n\n")[0])
     ap.add_argument("chapter", help="chapter slug (e.g. bert-init-std) or path to its .ipynb")
-    ap.add_argument("--scale", default=os.environ.get("KEXUE_SCALE") or "full",
+    env_scale = os.environ.get("KEXUE_SCALE", "").strip()
+    ap.add_argument("--scale", default=None,
                     help="smoke | full | large (default: $KEXUE_SCALE if set, else full)")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"), help="a declared chapter parameter")
@@ -138,14 +183,34 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write-back", dest="write_back", action="store_false")
     ap.add_argument("--output", type=Path, help="where to write the executed notebook")
     args = ap.parse_args(argv)
+    if args.scale is None:
+        args.scale, source = env_scale or "full", f"$KEXUE_SCALE={env_scale!r} (--scale was not given)"
+    else:
+        source = f"--scale {args.scale}"
+    if args.scale not in SCALES:
+        print(f"kexue-run: unknown scale {args.scale!r} from {source}: use --scale "
+              f"{' | '.join(SCALES)} (`make run CHAPTER=<slug> SCALE=full`; in Jupyter set $KEXUE_SCALE, "
+              "with papermill pass `-p scale full`)", file=sys.stderr)
+        return 2
     params = {k: _parse_value(v) for k, v in args.parameter}
     write_back = args.write_back
     if write_back is None:
         write_back = args.scale == "full" and not params
     try:
+        nb_path = (Path(args.chapter) if args.chapter.endswith(".ipynb")
+                   else book.notebook_for(args.chapter)).resolve()
+        theirs, here = checkout_of(nb_path.parent), checkout_of(Path.cwd())
+        if theirs is not None and theirs != here:
+            print(f"kexue-run: the working directory {Path.cwd()} is "
+                  + ("not inside a checkout of the book" if here is None else f"inside another checkout ({here})")
+                  + f"; running {nb_path.relative_to(theirs)} from the checkout {theirs}"
+                  + ("" if args.chapter.endswith(".ipynb") else " (the installed library's)"),
+                  file=sys.stderr)
+        elif theirs is not None:
+            print(f"kexue-run: {nb_path.relative_to(theirs)} in the checkout {theirs}", file=sys.stderr)
         info = run_chapter(args.chapter, args.scale, params, output=args.output,
                            write_back=write_back, progress=True)
-    except (ValueError, FileNotFoundError, RegistrationError) as e:
+    except (ValueError, FileNotFoundError, RegistrationError) as e:  # OutsideCheckoutError too
         print(f"kexue-run: {e}", file=sys.stderr)
         return 2
     rec = info["record"]
