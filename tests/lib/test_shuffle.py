@@ -908,3 +908,58 @@ def test_ray_style_shuffle_is_a_permutation_but_not_uniform(tmp_path):
     perms = list(itertools.permutations(range(4)))
     never = [i for i, p in enumerate(perms) if {p[0], p[1]} in ({0, 1}, {2, 3})]
     assert len(never) == 8 and counts[never].sum() == 0 and (np.delete(counts, never) > 0).all()
+
+
+# --- issue 19 §5: standard input, and a budget larger than the machine --------------------------
+
+@pytest.mark.parametrize("args", [["-"], ["IN", "-"]])
+def test_stdin_is_refused_with_what_to_do(tmp_path, args, capsys):
+    src = write(tmp_path, "in", b"a\nb\n")
+    argv = [src if a == "IN" else a for a in args] + ["-o", str(tmp_path / "o")]
+    assert ks.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "standard input ('-') is not supported" in err and "kexue-shuffle in.txt -o out.txt" in err
+    assert "does not exist" not in err and not (tmp_path / "o").exists()
+    assert Path(src).read_bytes() == b"a\nb\n"
+
+
+def test_stdout_is_refused(tmp_path, capsys):
+    src = write(tmp_path, "in", b"a\n")
+    assert ks.main([src, "-o", "-"]) == 1
+    assert "standard output ('-o -') is not supported" in capsys.readouterr().err
+
+
+def test_a_file_named_dash_is_reachable_as_dot_slash_dash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("-").write_bytes(b"x\ny\n")
+    assert ks.main(["./-", "-o", "out", "-q", "--seed", "0"]) == 0
+    assert sorted(out_lines(tmp_path / "out")) == [b"x", b"y"]
+
+
+def test_physical_ram_is_measured():
+    ram = ks.physical_ram()
+    assert ram is None or 64 << 20 < ram < 1 << 50
+    if os.path.exists("/proc/meminfo"):  # Linux: the same number the kernel reports, to its kB rounding
+        kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1])
+        assert abs(ram - kb * 1024) < 64 << 20
+
+
+def test_memory_warning_names_the_measured_ram():
+    assert ks.memory_warning(1 << 30, ram=2 << 30, limit=None) is None
+    msg = ks.memory_warning(4 << 30, ram=2 << 30, limit=None)
+    assert "--mem 4.0 GiB is larger than this machine's RAM (2.0 GiB, measured)" in msg
+    msg = ks.memory_warning(4 << 30, ram=16 << 30, limit=3 << 30)
+    assert "this container's memory limit (3.0 GiB, measured)" in msg
+
+
+def test_cli_warns_when_mem_exceeds_ram_and_still_shuffles(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ksc, "physical_ram", lambda: 1 << 20)  # a 1 MiB machine
+    monkeypatch.setattr(ksc, "cgroup_memory_limit", lambda: None)
+    src = write(tmp_path, "in", b"b\na\nc\n")
+    assert ks.main([src, "-o", str(tmp_path / "o"), "--mem", "64M", "--seed", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "kexue-shuffle: warning: the memory budget --mem 64.0 MiB is larger than this machine's RAM (1.0 MiB" in err
+    assert err.count("larger than") == 1  # once, from the CLI, not again from shuffle_files
+    assert sorted(out_lines(tmp_path / "o")) == [b"a", b"b", b"c"]
+    with pytest.warns(ResourceWarning, match="larger than this machine's RAM"):
+        shuffle_files([src], tmp_path / "o2", mem="64M", seed=3)

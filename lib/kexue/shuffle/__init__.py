@@ -17,9 +17,10 @@ from .bench import (compare_tools, disk_bandwidth, duplicate_runs, evict_from_pa
                     run_measured, write_numbered_lines)
 from .cli import main
 from .core import (LINE_OVERHEAD, MIN_BUDGET, MODES, Fingerprint, Interrupted, ShuffleError, ShuffleStats,
-                   format_size, multiset_fingerprint, page_cache_resident, parse_size, peak_rss_self, shuffle_files)
+                   format_size, memory_warning, multiset_fingerprint, page_cache_resident, parse_size, peak_rss_self,
+                   physical_ram, shuffle_files)
 
 __all__ = ["LINE_OVERHEAD", "MIN_BUDGET", "MODES", "Fingerprint", "Interrupted", "ShuffleError", "ShuffleStats",
-           "compare_tools", "disk_bandwidth", "duplicate_runs", "evict_from_page_cache", "format_size", "main", "make_test_file",
+           "compare_tools", "disk_bandwidth", "duplicate_runs", "evict_from_page_cache", "format_size", "main", "make_test_file", "memory_warning",
            "multiset_fingerprint", "order_frequencies", "output_positions", "page_cache_resident", "parse_size",
-           "peak_rss_self", "position_chisquare", "profile_shuffle", "rounds_bias_stats", "rounds_merge_labels", "run_measured", "shuffle_files", "write_numbered_lines"]
+           "peak_rss_self", "physical_ram", "position_chisquare", "profile_shuffle", "rounds_bias_stats", "rounds_merge_labels", "run_measured", "shuffle_files", "write_numbered_lines"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 
-from .core import MODES, ShuffleError, shuffle_files
+from .core import MODES, ShuffleError, memory_warning, parse_size, shuffle_files
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,10 +20,12 @@ def _parser() -> argparse.ArgumentParser:
                "newline gets one. The output is written under a temporary name and renamed at the "
                "end; temporary files go to a fresh kexue-shuffle-* directory under --tmpdir and are "
                "removed on success, error, Ctrl-C and SIGTERM.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="input text file(s); their lines are mixed")
+    p.add_argument("inputs", nargs="+", metavar="IN",
+                   help="input text file(s); their lines are mixed (standard input '-' is not supported: save it to a file)")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (with --split-lines: a prefix, or a pattern such as part-{:05d}.txt)")
-    p.add_argument("--mem", default="512M", help="memory budget, e.g. 512M or 4G (default 512M)")
+    p.add_argument("--mem", default="512M",
+                   help="memory budget, e.g. 512M or 4G (default 512M; more than the machine's RAM is warned about)")
     p.add_argument("--tmpdir", default=None, help="where temporary files go (default: the output's directory)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn, and printed)")
     p.add_argument("--mode", choices=MODES, default="fair",
@@ -48,11 +51,16 @@ def main(argv=None) -> int:
     """``kexue-shuffle IN... -o OUT [--mem 512M] [--mode fair|merge|rounds] ...``; see ``--help``."""
     args = _parser().parse_args(argv)
     try:
-        stats = shuffle_files(args.inputs, args.output, mem=args.mem, tmpdir=args.tmpdir, seed=args.seed,
-                              mode=args.mode, split_lines=args.split_lines, chunk_lines=args.chunk_lines,
-                              reject_fix=args.reject_fix, verify=args.verify,
-                              progress=False if args.quiet else None, fsync=args.fsync,
-                              nocache=args.no_cache)
+        too_big = memory_warning(parse_size(args.mem))
+        if too_big:  # said before the shuffle starts, not after it has swapped
+            print(f"kexue-shuffle: warning: {too_big}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=ResourceWarning, message="the memory budget")
+            stats = shuffle_files(args.inputs, args.output, mem=args.mem, tmpdir=args.tmpdir, seed=args.seed,
+                                  mode=args.mode, split_lines=args.split_lines, chunk_lines=args.chunk_lines,
+                                  reject_fix=args.reject_fix, verify=args.verify,
+                                  progress=False if args.quiet else None, fsync=args.fsync,
+                                  nocache=args.no_cache)
     except ShuffleError as err:
         print(f"kexue-shuffle: error: {err}", file=sys.stderr)
         return 1

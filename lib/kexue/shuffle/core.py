@@ -90,6 +90,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +130,58 @@ def parse_size(text) -> int:
     if not m:
         raise ShuffleError(f"cannot read the size {text!r}: write e.g. 512M, 4G or 1048576")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def physical_ram() -> int | None:
+    """This machine's physical memory in bytes, measured (``os.sysconf``: pages x page size; on
+    macOS ``hw.memsize``), or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        import subprocess
+        return int(subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def cgroup_memory_limit() -> int | None:
+    """The memory limit of this process's control group (a container's limit; cgroup v2
+    ``memory.max`` or v1 ``memory.limit_in_bytes``), or None when there is none or it cannot be read."""
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(f).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < (1 << 60):
+            return int(text)
+    return None
+
+
+def memory_warning(budget: int, ram: int | None = None, limit: int | None = None) -> str | None:
+    """The warning for a memory budget larger than the machine's RAM or the container's memory limit,
+    both measured (:func:`physical_ram`, :func:`cgroup_memory_limit`; None when it fits or neither is
+    known): such a budget is accepted, but the in-memory shuffle of a bucket would swap or be killed."""
+    ram = physical_ram() if ram is None else ram
+    limit = cgroup_memory_limit() if limit is None else limit
+    what, avail = ("this machine's RAM", ram)
+    if limit is not None and (avail is None or limit < avail):
+        what, avail = ("this container's memory limit", limit)
+    if avail is None or budget <= avail:
+        return None
+    return (f"the memory budget --mem {format_size(budget)} is larger than {what} "
+            f"({format_size(avail)}, measured); the shuffle may swap heavily or be killed (peak RSS can "
+            f"reach 1.5 x the budget + 64 MB): give at most about {format_size(avail // 2)}")
+
+
+STDIN_MESSAGE = ("reading standard input ('-') is not supported: the shuffle needs the size of its input "
+                 "before it starts (to check free disk) and reads each input as a file. Save the stream "
+                 "first (e.g. `... > in.txt`, then `kexue-shuffle in.txt -o out.txt`); a file really named "
+                 "'-' can be given as ./-")
+STDOUT_MESSAGE = ("writing to standard output ('-o -') is not supported: the output is written under a "
+                  "temporary name and renamed at the end; give a file name (a file named '-' as ./-)")
 
 
 def format_size(n: float) -> str:
@@ -1128,6 +1181,10 @@ def peak_rss_self() -> int:
 def _check_paths(inputs, output, tmpdir, split_lines) -> None:
     if not inputs:
         raise ShuffleError("no input files given")
+    if "-" in inputs:
+        raise ShuffleError(STDIN_MESSAGE)
+    if output == "-":
+        raise ShuffleError(STDOUT_MESSAGE)
     for p in inputs:
         if not os.path.exists(p):
             raise ShuffleError(f"input {p} does not exist")
@@ -1207,6 +1264,9 @@ def shuffle_files(inputs, output, *, mem="512M", tmpdir=None, seed=None, mode: s
     budget = _Budget(parse_size(mem))
     if budget.total < MIN_BUDGET:
         raise ShuffleError(f"the memory budget must be at least {MIN_BUDGET} bytes")
+    too_big = memory_warning(budget.total)
+    if too_big:
+        warnings.warn(too_big, ResourceWarning, stacklevel=2)
     if split_lines is not None and split_lines < 1:
         raise ShuffleError("--split-lines must be a positive number of lines")
     if chunk_lines is not None and chunk_lines < 1:
