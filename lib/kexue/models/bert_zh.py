@@ -25,6 +25,9 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "bert-zh"
 PRETRAIN_COMMAND = ("python -m kexue.pretrain --out lib/kexue/models/bert-zh --minutes 90   "
                     "(about 90 minutes on a 2-core CPU; see `python -m kexue.pretrain --help`)")
 WEIGHT_FILES = ("model.safetensors", "config.json", "vocab.txt")
+REPO_FOLDER = "lib/kexue/models/bert-zh"
+"""Where the shipped weights live in a checkout of the book's repository (committed there, and
+package data of the ``kexue`` wheel built from it: ``pip install .`` installs them beside this module)."""
 DO_LOWER_CASE = True
 MAX_LENGTH = 128
 
@@ -34,7 +37,23 @@ SMALL = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, interm
 
 
 class MissingWeightsError(FileNotFoundError):
-    """The book's BERT weights are not where they were looked for; the message says how to make them."""
+    """The book's BERT weights are not where they were looked for; the message says where they are."""
+
+
+def missing_weights_message(folder, default: bool) -> str:
+    """Where the weights are looked for, where they ship, and what to do, in that order; pre-training
+    from scratch comes last, as the way to re-create them, not to get them."""
+    where = (f"the book's Chinese BERT weights are not in {folder} (no model.safetensors there)")
+    ships = (f"They ship with the book: committed in its repository at {REPO_FOLDER}/ and installed with "
+             "the library by `pip install .` or `pip install -e .` from a full checkout (they are package "
+             "data of the kexue wheel).")
+    if default:
+        todo = ("Reinstall the library from a checkout (a copy without that folder, e.g. an old wheel, "
+                f"lacks them), or pass the folder: bert_zh.load('<checkout>/{REPO_FOLDER}').")
+    else:
+        todo = (f"Pass a folder that holds model.safetensors, config.json, vocab.txt and sha256, e.g. "
+                f"'<checkout>/{REPO_FOLDER}', or call bert_zh.load() with no path for the installed copy.")
+    return f"{where}. {ships} {todo} Only to re-create them from scratch: {PRETRAIN_COMMAND}"
 
 
 def _normalizer_and_pretokenizer():
@@ -164,8 +183,10 @@ def verify_checksums(folder) -> None:
             continue
         digest, name = line.split(maxsplit=1)
         if sha256_file(folder / name) != digest:
-            raise ValueError(f"checksum mismatch for {name} in the BERT folder {folder.name!r}: the weights "
-                             f"are corrupt or were changed; re-create them with {PRETRAIN_COMMAND}")
+            raise ValueError(f"checksum mismatch for {name} in the BERT folder {folder}: the weights are "
+                             f"corrupt or were changed; restore them from the repository (`git checkout -- "
+                             f"{REPO_FOLDER}` in a checkout, or reinstall the library), or re-create them "
+                             f"with {PRETRAIN_COMMAND}")
 
 
 def save(model, vocab_path, folder, *, train_config: dict | None = None) -> Path:
@@ -202,7 +223,7 @@ def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, device=
     ``path``: a local folder (default ``lib/kexue/models/bert-zh/``, shipped with the book), or a hub
     model id, which goes through the same ``from_pretrained`` where a network exists. A local folder's
     ``sha256`` file is verified first. Missing weights raise :class:`MissingWeightsError` naming the
-    command that pre-trains them. ``device`` (e.g. the one :func:`kexue.setup` returns): where the model
+    folder they ship in (:func:`missing_weights_message`). ``device`` (e.g. the one :func:`kexue.setup` returns): where the model
     is put (default: the CPU). ``kwargs`` go to ``from_pretrained`` (e.g. ``hidden_dropout_prob``)
     (https://kexue.fm/archives/8671, chapters on NSP zero-shot, PET, whitening and CoSENT)."""
     from transformers import AutoTokenizer, BertForPreTraining
@@ -212,14 +233,13 @@ def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, device=
     local = path is None or folder.exists() or not _looks_like_hub_id(str(path))
     if local:
         if not (folder / "model.safetensors").exists():
-            raise MissingWeightsError(
-                f"the book's Chinese BERT weights are not in {folder.name!r} (no model.safetensors). "
-                f"Pre-train them with: {PRETRAIN_COMMAND}")
+            raise MissingWeightsError(missing_weights_message(folder, default=path is None))
         if verify and (folder / "sha256").exists():
             verify_checksums(folder)
         elif verify:
-            raise MissingWeightsError(f"no sha256 file next to the weights in {folder.name!r}; "
-                                      f"re-create the folder with {PRETRAIN_COMMAND}")
+            raise MissingWeightsError(f"no sha256 file next to the weights in {folder}; copy the whole folder "
+                                      f"{REPO_FOLDER}/ of a checkout (or pass verify=False), or re-create "
+                                      f"it with {PRETRAIN_COMMAND}")
         model = BertForPreTraining.from_pretrained(folder, use_safetensors=True, **kwargs)
         tok = tokenizer(folder) if with_tokenizer else None
     else:  # a hub id: only where a network exists
