@@ -63,6 +63,10 @@ def test_bert_encoder_matches_sentemb_and_is_deterministic(bert_dir):
     np.testing.assert_array_equal(enc.encode(S1 + S2, batch_size=3), X)
     assert enc.torch_module() is enc.model
     np.testing.assert_allclose(E.pair_scores(enc, S1, S2), sentemb.cosine(X[:4], X[4:]), atol=1e-6)
+    mu, W = sentemb.fit_whitening(X, dim=4)
+    Z = sentemb.apply_whitening(X, mu, W)
+    np.testing.assert_allclose(E.pair_scores(enc, S1, S2, transform=lambda V: sentemb.apply_whitening(V, mu, W)),
+                               sentemb.cosine(Z[:4], Z[4:]), atol=1e-6)
 
 
 def test_random_init_differs_from_trained_and_follows_seed(bert_dir):

