@@ -108,6 +108,10 @@ class PromptEmbedding(nn.Module):
     def embedding_dim(self) -> int:
         return self.weight.shape[1]
 
+    def base_rows(self) -> torch.Tensor:
+        """The first V rows of E' (the ordinary tokens), what the tied MLM decoder reads."""
+        return masked_rows(self.weight[:self.n_base], self.row_mask[:self.n_base])
+
     def table(self) -> torch.Tensor:
         """E' of eq. (1), with the prompt rows replaced by the encoder's output when there is one."""
         w = masked_rows(self.weight, self.row_mask)
@@ -126,14 +130,35 @@ class PromptEmbedding(nn.Module):
         return n
 
 
+class TiedDecoder(nn.Module):
+    """The MLM decoder of a prompted BERT: logits = h · E'[:V]ᵀ + b, reading the ordinary rows of the
+    :class:`PromptEmbedding` that replaced the input embeddings, so that input and output embeddings
+    stay one matrix when the model is trained (BERT ties them; a decoder keeping the original matrix
+    would drift apart from a trained input copy). ``weight`` is that (V, d) view
+    (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+
+    def __init__(self, prompt_embedding: PromptEmbedding, bias: torch.Tensor | None):
+        super().__init__()
+        object.__setattr__(self, "_pe", prompt_embedding)  # not a submodule: it lives in bert.embeddings
+        self.bias = bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._pe.base_rows()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 def attach_prompts(model, tok, n_prompt: int, *, train_model: bool = False, lstm: bool = False,
                    seed: int = 0) -> PromptEmbedding:
     """Give a ``BertForPreTraining`` n prompt tokens (ids V..V+n−1) in place. The prompt rows start
     as copies of the embeddings of n random ordinary (non-special) tokens of ``tok``'s vocabulary,
     drawn with ``seed``. ``train_model=False`` freezes
     every weight (the model is put in eval mode: dropout off) so that only the prompt rows learn
-    (P-tuning with a frozen model); ``True`` trains all weights too. The MLM decoder stays tied to
-    the original V rows (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+    (P-tuning with a frozen model); ``True`` trains all weights too. The MLM decoder is replaced by a
+    :class:`TiedDecoder` on the new table's first V rows, so input and output embeddings stay tied
+    while they train (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     base = model.bert.embeddings.word_embeddings.weight
     ordinary = torch.as_tensor(vocab_of(tok).ordinary_ids)
     ordinary = ordinary[ordinary < base.shape[0]]
@@ -149,6 +174,11 @@ def attach_prompts(model, tok, n_prompt: int, *, train_model: bool = False, lstm
             enc = LSTMPromptEncoder(n_prompt, base.shape[1], init).to(base.device, base.dtype)
     pe = PromptEmbedding(base, init, train_base=train_model, encoder=enc).to(base.device)
     model.bert.embeddings.word_embeddings = pe
+    old = model.cls.predictions.decoder
+    if not torch.equal(old.weight, base):
+        raise ValueError("attach_prompts: the MLM decoder is not tied to the input embeddings; a prompted "
+                         "model would read two different matrices (tie them first: model.tie_weights())")
+    model.cls.predictions.decoder = TiedDecoder(pe, old.bias)
     model.train(train_model)
     return pe
 

@@ -278,3 +278,33 @@ def test_all_weights_mode_trains_the_base_rows(micro, lstm):
     assert (pe.weight.grad[v:] == 0).all() if lstm else (pe.weight.grad[v:].abs().sum(1) > 0).all()
     assert pe.trainable_count() == (v if lstm else v + N_PROMPT) * pe.embedding_dim + \
         (sum(p.numel() for p in pe.encoder.parameters()) if lstm else 0)
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+def test_trained_input_and_output_embeddings_stay_tied(micro, lstm):
+    """train_model=True: after optimiser steps the MLM decoder still reads exactly the input rows,
+    and the logits equal h · E[:V]ᵀ + b computed by hand from the trained table."""
+    _, tok = micro
+    m, ptok, pe = _prompted(micro, train_model=True, lstm=lstm)
+    v = len(tok)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    before = pe.weight[:v].detach().clone()
+    for step in range(3):
+        opt.zero_grad()
+        _loss(m, ptok, tok, P.prompt_template(), aux=True, seed=step).backward()
+        opt.step()
+    assert not torch.equal(pe.weight[:v], before)                      # the rows did train
+    assert torch.equal(m.cls.predictions.decoder.weight, pe.weight[:v])  # and the decoder reads them
+    m.eval()
+    enc = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        h = m.cls.predictions.transform(m.bert(**enc)[0])
+        ref = h @ pe.weight[:v].T + m.cls.predictions.decoder.bias
+        assert torch.allclose(m(**enc).prediction_logits, ref, atol=1e-5)
+
+
+def test_tied_decoder_survives_deepcopy(micro):
+    m, _, pe = _prompted(micro, train_model=True)
+    c = copy.deepcopy(m)
+    assert c.cls.predictions.decoder._pe is c.bert.embeddings.word_embeddings
+    assert c.cls.predictions.decoder._pe is not pe
