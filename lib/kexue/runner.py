@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,15 +41,20 @@ def checkout_of(path: Path) -> Path | None:
     return None
 
 
-def kernel_config():
-    """Configuration of the kernel papermill starts: IPC transport (Unix sockets beside the connection
-    file) where the platform has it, so that ipykernel neither warns "Kernel is running over TCP
-    without encryption" nor opens TCP ports; TCP on Windows, which has no IPC transport."""
+def kernel_config(socket_dir: str | Path | None = None):
+    """Configuration of the kernel papermill starts: IPC transport where the platform has it, so that
+    ipykernel neither warns "Kernel is running over TCP without encryption" nor opens TCP ports; TCP
+    on Windows, which has no IPC transport. The Unix sockets go in ``socket_dir`` (an absolute path:
+    jupyter_client's default is a relative ``kernel-ipc-N`` in the working directory, which would put
+    sockets into the chapter's folder and let two runs there collide); default: a fresh temporary
+    folder, which the caller removes."""
     from traitlets.config import Config
 
     c = Config()
     if os.name != "nt":
+        socket_dir = Path(socket_dir) if socket_dir else Path(tempfile.mkdtemp(prefix="kexue-kernel-"))
         c.KernelManager.transport = "ipc"
+        c.KernelManager.ip = str(socket_dir.resolve() / "kernel")
     return c
 
 
@@ -132,12 +138,14 @@ def run_chapter(chapter: str | Path, scale: str = "full", parameters: dict | Non
     if results_dir is not None:
         os.environ["KEXUE_RESULTS_DIR"] = str(results_dir)
     t0 = time.perf_counter()
+    socket_dir = tempfile.mkdtemp(prefix="kexue-kernel-")
     try:
         pm.execute_notebook(str(nb_path), str(out), parameters=params, kernel_name="python3",
                             cwd=str(nb_path.parent), progress_bar=progress, log_output=False,
                             execution_timeout=cell_timeout or CELL_TIMEOUT[scale],
-                            config=kernel_config())
+                            config=kernel_config(socket_dir))
     finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
         for k, v in env_backup.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -128,11 +128,12 @@ def test_outside_the_repository_without_write_back_keeps_the_record_out_of_that_
     assert inside == root  # the chapter still runs from its own folder
 
 
-def test_kernel_config_uses_ipc_where_there_is_ipc():
+def test_kernel_config_uses_ipc_with_sockets_in_a_folder_of_their_own(tmp_path):
     from kexue.runner import kernel_config
-    c = kernel_config()
+    c = kernel_config(tmp_path)
     if os.name != "nt":
         assert c.KernelManager.transport == "ipc"
+        assert c.KernelManager.ip == str(tmp_path.resolve() / "kernel")  # absolute: never the chapter's folder
 
 
 def test_a_run_prints_no_tcp_encryption_warning(tmp_path, capfd):
@@ -153,3 +154,4 @@ def test_a_run_prints_no_tcp_encryption_warning(tmp_path, capfd):
     assert "ran smoke 42" in out.cells[-1].outputs[0]["text"]
     err = capfd.readouterr().err
     assert "without encryption" not in err, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb", "toy.ipynb"]  # no socket files left
