@@ -113,6 +113,44 @@ def accuracy(scores: np.ndarray, labels) -> float:
     return stats.accuracy(np.asarray(scores).argmax(1), labels)
 
 
+def tie_split_accuracy(scores: np.ndarray, labels) -> float:
+    """Expected accuracy of argmax when ties at the top are broken uniformly at random: item i
+    counts 1/|{c: s_ic = max_c s_ic}| if its gold label is among the tied maxima, else 0. For
+    integer scores with many ties (:func:`label_char_scores`) this is the fair reading; plain
+    argmax would hand every tie to the first label."""
+    return float(np.mean(tie_split_correct(scores, labels)))
+
+
+def tie_split_correct(scores: np.ndarray, labels) -> np.ndarray:
+    """Per item, the expected correctness behind :func:`tie_split_accuracy` (1/|tied maxima| or 0),
+    for paired comparisons with other methods' 0/1 correctness."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    top = s == s.max(1, keepdims=True)
+    return top[np.arange(len(y)), y] / top.sum(1)
+
+
+def label_char_scores(texts: list[str], label_words) -> np.ndarray:
+    """(n, k) integer scores of the character-overlap control of zero-shot classification: how many
+    distinct characters of label word c occur in text i (e.g. a headline containing 体 and 育 scores
+    2 for 体育). A rule with no model: what a prompt method must beat before its accuracy says
+    anything about the model (https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
+    sets = [set(w) for w in label_words]
+    return np.array([[len(c & set(t)) for c in sets] for t in texts], dtype=np.int64).reshape(len(texts), len(sets))
+
+
+def char_rule_select_and_test(dev_texts, dev_labels, test_texts, test_labels, label_word_sets) -> dict:
+    """The character-overlap rule with its label words chosen on dev like the prompts: for each set
+    of label words (one per template), dev accuracy by :func:`tie_split_accuracy`; the best set
+    (ties: the first) is scored on test. Returns {"words", "dev", "test", "dev_all", "correct"} (per
+    test item, :func:`tie_split_correct`)."""
+    sets = [tuple(w) for w in label_word_sets]
+    dev = [tie_split_accuracy(label_char_scores(dev_texts, w), dev_labels) for w in sets]
+    best = int(np.argmax(dev))
+    correct = tie_split_correct(label_char_scores(test_texts, sets[best]), test_labels)
+    return {"words": sets[best], "dev": dev[best], "dev_all": dev, "test": float(correct.mean()), "correct": correct}
+
+
 def stratified_subsample(labels, per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of ``per_class`` examples of each class (all of a smaller class), drawn with
     ``seed``, sorted: a fixed, balanced evaluation subset."""

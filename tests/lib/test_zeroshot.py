@@ -230,3 +230,30 @@ def test_stronger_control_and_dev_table_rows():
     t = zeroshot.dev_table_rows(rows, ctrl)
     assert t[0] == ["NSP", "这是{甲/乙}。", "first", "0.500", "0.700 ★", "—", "—"]
     assert t[1][3:] == ["0.600 ★", "0.700", "0.100 ★", "0.200 ★"]
+
+
+def test_label_char_scores_slow_loop():
+    texts = ["体育新闻今天", "股票大涨", "", "教育体育"]
+    words = ["体育", "股票", "教育"]
+    ref = [[sum(1 for ch in set(w) if ch in t) for w in words] for t in texts]
+    assert zeroshot.label_char_scores(texts, words).tolist() == ref
+    assert zeroshot.label_char_scores([], words).shape == (0, 3)
+
+
+def test_tie_split_accuracy_matches_enumerating_tie_breaks():
+    import itertools
+    scores = np.array([[2, 2, 0], [0, 0, 0], [1, 0, 1], [0, 3, 1]])
+    y = np.array([1, 2, 0, 0])
+    # enumerate every tie-breaking choice, each row's choices equally likely
+    choices = [np.flatnonzero(r == r.max()) for r in scores]
+    accs = [np.mean([c == yy for c, yy in zip(pick, y)]) for pick in itertools.product(*choices)]
+    assert zeroshot.tie_split_accuracy(scores, y) == pytest.approx(np.mean(accs))
+    assert zeroshot.tie_split_accuracy(np.eye(3), [0, 1, 2]) == 1.0
+
+
+def test_char_rule_select_and_test_chooses_on_dev():
+    dev = (["很好看", "差劲"], np.array([1, 0]))
+    test = (["不好", "真好"], np.array([0, 1]))
+    out = zeroshot.char_rule_select_and_test(*dev, *test, [("X", "Y"), ("差", "好")])
+    assert out["words"] == ("差", "好") and out["dev"] == 1.0 and out["dev_all"][0] == 0.5
+    assert out["test"] == zeroshot.tie_split_accuracy(zeroshot.label_char_scores(test[0], ("差", "好")), test[1])
