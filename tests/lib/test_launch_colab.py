@@ -7,7 +7,6 @@ Cost: three one-page Sphinx builds (about 5 s each) and one kernel that installs
 import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import nbformat
@@ -127,7 +126,7 @@ def test_make_importable_reads_new_pth(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a POSIX virtualenv layout (bin/python) and IPC sockets")
-def test_first_cell_installs_into_a_running_fresh_kernel(tmp_path):
+def test_first_cell_installs_into_a_running_fresh_kernel(tmp_path, fresh_venv):
     """A fresh virtualenv whose kernel starts without kexue (it sees this environment's packages
     through a .pth line, but not the editable kexue); Colab is faked by a `google.colab` module; the
     URL is a local git repository (a clone of this checkout's HEAD plus this working tree's library,
@@ -137,12 +136,7 @@ def test_first_cell_installs_into_a_running_fresh_kernel(tmp_path):
     from jupyter_client.manager import AsyncKernelManager as KernelManager
     from nbclient import NotebookClient
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    site_dir = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                   capture_output=True, text=True, check=True).stdout.strip())
-    (site_dir / "_outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    py = fresh_venv.python
     # the "repository": pyproject, README and the library of this working tree, committed in a new repo
     repo = tmp_path / "repo"
     import shutil

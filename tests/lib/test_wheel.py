@@ -11,7 +11,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -55,13 +54,9 @@ def test_wheel_ships_the_bert_weights(wheel):
     assert shipped == hashlib.sha256((BERT / "model.safetensors").read_bytes()).hexdigest()
 
 
-def test_installed_wheel_loads_the_bert_outside_the_repository(wheel, tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "_outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+def test_installed_wheel_loads_the_bert_outside_the_repository(wheel, tmp_path, fresh_venv):
+    py = fresh_venv.python
+    site = fresh_venv.site
     probe = "import importlib.util as u; print(u.find_spec('kexue'))"
     before = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert before.stdout.strip() == "None", before.stdout  # a venv that did not have kexue
