@@ -14,7 +14,7 @@ Outside Colab, or when ``kexue`` is already importable, the cell does nothing. T
 
     python -m kexue.colab          # prints the first cell for the configured repository.url
 
-Tested offline (``tests/lib/test_colab.py``): the generated cell, with a local repository path as the
+Tested offline (``tests/lib/test_launch_colab.py``): the generated cell, with a local repository path as the
 URL, installs the library into a fresh virtualenv's kernel that did not have ``kexue`` when it
 started, and the next cell imports it.
 """
