@@ -527,13 +527,19 @@ def causal_label_scores(lm, ids: list, slots: list, label_ids, prompts: torch.Te
 
 
 def causal_zero_shot(lm, tok, data: list, before: str, after: str, *, label_words=LABEL_WORDS,
-                     max_length: int = 64, batch_size: int = 16) -> tuple[float, float]:
+                     max_length: int = 64, batch_size: int = 16, reference: list | None = None) -> tuple[float, float]:
     """Manual-template zero-shot of a causal LM: (raw accuracy, accuracy after the prior calibration
-    :func:`kexue.zeroshot.calibrate`) of ``[BOS] before text after`` → next token ∈ label words."""
+    :func:`kexue.zeroshot.calibrate`) of ``[BOS] before text after`` → next token ∈ label words.
+    ``reference``: texts (or (text, label) pairs; labels unused) whose mean label scores are the
+    prior, e.g. the dev split, so that test reviews never fit the calibration; None: the prior is
+    taken over ``data`` itself (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     texts, y = [t for t, _ in data], [lab for _, lab in data]
-    ids, slots = encode_causal(tok, texts, before=before, after=after, max_length=max_length)
-    s = causal_label_scores(lm, ids, slots, single_token_ids(tok, label_words), batch_size=batch_size)
-    return accuracy(s, y), accuracy(zeroshot_calibrate(s), y)
+    label_ids = single_token_ids(tok, label_words)
+    score = lambda xs: causal_label_scores(lm, *encode_causal(tok, xs, before=before, after=after,
+                                                              max_length=max_length), label_ids, batch_size=batch_size)
+    s = score(texts)
+    ref = None if reference is None else score([r[0] if isinstance(r, tuple) else r for r in reference])
+    return accuracy(s, y), accuracy(zeroshot_calibrate(s, ref), y)
 
 
 def causal_prompt_init(lm, token_pool: list, n_prompt: int, seed: int) -> torch.Tensor:

@@ -114,6 +114,18 @@ def test_zero_shot_matches_scores(tiny):
     assert raw == zeroshot.accuracy(s, LABELS) and cal == zeroshot.accuracy(zeroshot.calibrate(s), LABELS)
 
 
+def test_zero_shot_calibration_prior_from_a_reference_split(tiny):
+    lm, tok = tiny
+    ref = DATA[::-1][: max(2, len(DATA) // 2)]
+    raw, cal = P.causal_zero_shot(lm, tok, DATA, "总之", "感觉", max_length=64, reference=ref)
+    ids, slots = P.encode_causal(tok, TEXTS, before="总之", after="感觉", max_length=64)
+    lab = P.single_token_ids(tok, P.LABEL_WORDS)
+    s = np.array([torch.log_softmax(reference_logits(lm, seq, lab), -1).numpy() for seq in ids])
+    r_ids, _ = P.encode_causal(tok, [t for t, _ in ref], before="总之", after="感觉", max_length=64)
+    r = np.array([torch.log_softmax(reference_logits(lm, seq, lab), -1).numpy() for seq in r_ids])
+    assert raw == zeroshot.accuracy(s, LABELS)
+    assert cal == zeroshot.accuracy(s - r.mean(0, keepdims=True), LABELS)
+
 def test_prompt_init_draws_embeddings_of_pool_tokens(tiny):
     lm, tok = tiny
     pool = [7, 8, 9, 9, 10]
