@@ -116,3 +116,34 @@ def labelled_subset(rows, n: int, seed: int = 0) -> list:
         return list(rows)
     idx = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
     return [rows[i] for i in idx]
+
+
+def findings(table: dict, controls: dict, digits: int = 3) -> list[str]:
+    """Sentences, generated from the numbers, saying per task which encoders beat the task's
+    controls and which scores best. ``table``: {encoder: {task: score}} (missing or nan = not run);
+    ``controls``: {task: [control encoder names]}. An encoder beats the controls when its score is
+    above every control's (higher is better) (encoder chapter)."""
+    out = []
+    for task, ctrl in controls.items():
+        have = {e: r[task] for e, r in table.items() if task in r and r[task] == r[task]}
+        cvals = {c: have[c] for c in ctrl if c in have}
+        if not cvals:
+            continue
+        bar = max(cvals.values())
+        cands = {e: v for e, v in have.items() if e not in ctrl}
+        above = sorted((e for e, v in cands.items() if v > bar), key=lambda e: -cands[e])
+        ctxt = ", ".join(f"{c} {v:.{digits}f}" for c, v in cvals.items())
+        if above:
+            btxt = ", ".join(f"**{e}** ({cands[e]:.{digits}f})" for e in above)
+            out.append(f"*{task}*: above the controls ({ctxt}): {btxt}; use **{above[0]}**.")
+        else:
+            out.append(f"*{task}*: no encoder beats the controls ({ctxt}).")
+    return out
+
+
+def best_above_controls(table: dict, task: str, controls) -> str | None:
+    """The highest-scoring non-control encoder on ``task`` if it beats every control, else None."""
+    have = {e: r[task] for e, r in table.items() if task in r and r[task] == r[task]}
+    bar = max((have[c] for c in controls if c in have), default=-np.inf)
+    cands = {e: v for e, v in have.items() if e not in controls and v > bar}
+    return max(cands, key=cands.get) if cands else None

@@ -152,3 +152,13 @@ def test_labelled_subset_fixed_and_ordered():
     a, b = eb.labelled_subset(rows, 10, seed=1), eb.labelled_subset(rows, 10, seed=1)
     assert a == b and a == sorted(a) and len(set(a)) == 10
     assert eb.labelled_subset(rows, 200) == rows
+
+
+def test_findings_and_best_above_controls():
+    table = {"a": {"t": 0.8, "u": 0.1}, "b": {"t": 0.6, "u": float("nan")}, "ctl": {"t": 0.7, "u": 0.5},
+             "rnd": {"t": 0.65}}
+    lines = eb.findings(table, {"t": ["ctl", "rnd"], "u": ["ctl"]})
+    assert "**a** (0.800)" in lines[0] and "**b**" not in lines[0] and "use **a**" in lines[0]
+    assert "no encoder beats" in lines[1]
+    assert eb.best_above_controls(table, "t", ["ctl", "rnd"]) == "a"
+    assert eb.best_above_controls(table, "u", ["ctl"]) is None
