@@ -597,3 +597,34 @@ def causal_test_accuracy(lm, tok, data: list, prompts: torch.Tensor, *, n_left: 
     ids, slots = encode_causal(tok, [t for t, _ in data], n_left=n_left, n_right=n_right, max_length=max_length)
     return accuracy(causal_label_scores(lm, ids, slots, single_token_ids(tok, label_words), prompts, batch_size),
                     [lab for _, lab in data])
+
+
+def causal_zero_shot_select(lm, tok, dev: list, test: list, templates, *, label_words=LABEL_WORDS,
+                            max_length: int = 64, batch_size: int = 16) -> dict:
+    """The GPT row's manual-template zero-shot: each ``after`` template of ``templates`` scored on
+    ``dev`` raw and calibrated (prior from ``dev``), the best (template, scoring) on dev accuracy
+    then scored once on ``test`` with the prior still from ``dev`` (test labels and test scores never
+    choose or fit anything). Returns the dev table, the choice and the test accuracy
+    (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+    kw = dict(label_words=label_words, max_length=max_length, batch_size=batch_size)
+    on_dev = {t: causal_zero_shot(lm, tok, dev, "", t, reference=dev, **kw) for t in templates}
+    best_t, kind = max(((t, k) for t in templates for k in (0, 1)), key=lambda tk: on_dev[tk[0]][tk[1]])
+    test_acc = causal_zero_shot(lm, tok, test, "", best_t, reference=dev, **kw)[kind]
+    return {"zero_shot_dev": {t: list(v) for t, v in on_dev.items()}, "template": best_t,
+            "scoring": ("raw", "calibrated")[kind], "test": test_acc}
+
+
+def causal_placement_runs(lm, tok, subsets: dict, dev: list, test: list, placements: dict, *,
+                          fraction: float, **run_kw) -> list[dict]:
+    """:func:`causal_few_shot_run` for every labelled subset (``{seed: [(text, label), ...]}``) and every
+    prompt placement (``{name: (n_left, n_right)}``: the article's 4 + 4, prefix only, suffix only),
+    one row per run with method, fraction, seed, test/dev accuracy, best step, trainable count and
+    seconds; ``run_kw`` (lr, steps, batch_size, eval_every, max_length) is shared by every arm
+    (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
+    rows = []
+    for s, sub in subsets.items():
+        for name, (left, right) in placements.items():
+            out = causal_few_shot_run(lm, tok, sub, dev, test, n_left=left, n_right=right, seed=s, **run_kw)
+            rows.append({"method": name, "fraction": fraction, "seed": s,
+                         **{k: out[k] for k in ("test_acc", "dev_acc", "best_step", "trainable", "seconds")}})
+    return rows

@@ -178,3 +178,25 @@ def test_gemma_load_says_how_to_install(monkeypatch):
     monkeypatch.setattr(G, "PACKAGES", {"kexue-no-such-package-xyz": "1.0"})
     with pytest.raises(MissingDataError, match="requirements-gemma.txt"):
         G.load()
+
+
+def test_zero_shot_select_chooses_on_dev_and_calibrates_with_dev(tiny):
+    lm, tok = tiny
+    dev, test = DATA[:4], DATA[2:]
+    out = P.causal_zero_shot_select(lm, tok, dev, test, ["感觉", "总之"], max_length=64)
+    table = {t: P.causal_zero_shot(lm, tok, dev, "", t, max_length=64, reference=dev) for t in ["感觉", "总之"]}
+    assert out["zero_shot_dev"] == {t: list(v) for t, v in table.items()}
+    best = max(v[k] for v in table.values() for k in (0, 1))
+    kind = ("raw", "calibrated").index(out["scoring"])
+    assert table[out["template"]][kind] == best
+    assert out["test"] == P.causal_zero_shot(lm, tok, test, "", out["template"], max_length=64, reference=dev)[kind]
+
+
+def test_placement_runs_one_row_per_subset_and_placement(tiny):
+    lm, tok = tiny
+    kw = dict(lr=0.05, steps=2, batch_size=4, eval_every=2, max_length=32)
+    places = {"4+4": (1, 1), "prefix": (2, 0), "suffix": (0, 2)}
+    rows = P.causal_placement_runs(lm, tok, {3: DATA, 4: DATA[::-1]}, DATA, DATA, places, fraction=0.5, **kw)
+    assert [(r["seed"], r["method"]) for r in rows] == [(s, m) for s in (3, 4) for m in places]
+    one = P.causal_few_shot_run(lm, tok, DATA[::-1], DATA, DATA, n_left=0, n_right=2, seed=4, **kw)
+    assert rows[-1]["test_acc"] == one["test_acc"] and rows[-1]["trainable"] == 2 * lm.config.hidden_size
