@@ -60,6 +60,7 @@ class Stage:
     long_seq_len: int
     tokens: int = 0            # the token budget it was made from (batch × seq per step)
     label: str = "main"
+    fresh_optimizer: bool = False   # a new AdamW state (moments zero) at the stage's first step
 
     @property
     def steps(self) -> int:
@@ -81,12 +82,14 @@ class Stage:
 
 
 def make_stage(start: int, tokens: int, *, lr: float, warmup: int, batch: int, seq_len: int,
-               long_seq_len: int, long_fraction: float, label: str = "main") -> Stage:
+               long_seq_len: int, long_fraction: float, label: str = "main",
+               fresh_optimizer: bool = False) -> Stage:
     """Split a token budget (counted as batch × seq_len per step) into short- and long-sequence steps."""
     per_step = batch * seq_len
     total = max(1, round(tokens / per_step))
     n_long = int(round(total * long_fraction)) if long_seq_len > seq_len else 0
-    return Stage(start, total - n_long, n_long, lr, warmup, batch, seq_len, long_seq_len, int(tokens), label)
+    return Stage(start, total - n_long, n_long, lr, warmup, batch, seq_len, long_seq_len, int(tokens), label,
+                 fresh_optimizer)
 
 
 def stage_of(stages: list[Stage], step: int) -> Stage | None:
@@ -121,6 +124,8 @@ class EvalSets:
     heldout: TokenisedCorpus | None = None
     heldout_batches: int = 8
     heldout_batch: int = 64
+    long_seq_len: int | None = None      # also held-out MLM/NSP at this length (keys ``…_<len>``)
+    name: str = ""                       # which probe sets (recorded with every evaluation)
     thucnews: tuple | None = None        # (headlines, label indices, label names)
     stsb: tuple | None = None            # (s1, s2, scores, whitening sentences)
     seed: int = 1234
@@ -136,19 +141,23 @@ def evaluate(model, tok, sets: EvalSets, seq_len: int = 64) -> dict:
     model.eval()
     out, t0 = {}, time.perf_counter()
     if sets.heldout is not None and len(sets.heldout.boundary_doc):
-        rng = np.random.default_rng(sets.seed)
-        vocab = objective.vocab_of(tok)
-        tot = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_n": 0, "nsp_correct": 0, "nsp_n": 0}
-        for _ in range(sets.heldout_batches):
-            b = objective.make_batch(sets.heldout, sets.heldout_batch, seq_len, vocab, rng)
-            r = objective.pretraining_loss(model, b)
-            tot["mlm_loss"] += float(r["mlm_loss"]) * r["mlm_n"]
-            for k in ("mlm_correct", "mlm_n", "nsp_correct"):
-                tot[k] += r[k]
-            tot["nsp_n"] += len(b["input_ids"])
-        out.update(heldout_mlm_loss=tot["mlm_loss"] / tot["mlm_n"],
-                   heldout_mlm_acc=tot["mlm_correct"] / tot["mlm_n"],
-                   heldout_nsp_acc=tot["nsp_correct"] / tot["nsp_n"])
+        lens = [seq_len] + ([sets.long_seq_len] if sets.long_seq_len and sets.long_seq_len != seq_len else [])
+        for n in lens:
+            suffix = "" if n == seq_len else f"_{n}"
+            # the same number of sequences at every length, drawn with the same seed
+            rng = np.random.default_rng(sets.seed)
+            vocab = objective.vocab_of(tok)
+            tot = {"mlm_loss": 0.0, "mlm_correct": 0, "mlm_n": 0, "nsp_correct": 0, "nsp_n": 0}
+            for _ in range(sets.heldout_batches):
+                b = objective.make_batch(sets.heldout, sets.heldout_batch, n, vocab, rng)
+                r = objective.pretraining_loss(model, b)
+                tot["mlm_loss"] += float(r["mlm_loss"]) * r["mlm_n"]
+                for k in ("mlm_correct", "mlm_n", "nsp_correct"):
+                    tot[k] += r[k]
+                tot["nsp_n"] += len(b["input_ids"])
+            out.update({f"heldout_mlm_loss{suffix}": tot["mlm_loss"] / tot["mlm_n"],
+                        f"heldout_mlm_acc{suffix}": tot["mlm_correct"] / tot["mlm_n"],
+                        f"heldout_nsp_acc{suffix}": tot["nsp_correct"] / tot["nsp_n"]})
     if sets.thucnews is not None:
         texts, y, names = sets.thucnews
         for order in ("first", "second"):
@@ -289,9 +298,24 @@ def build_training(tok, cfg: PretrainConfig):
                           attention_probs_dropout_prob=cfg.dropout, **cfg.model)
     model = bert_zh.build_model(mcfg, cfg.seed)
     model.train()
-    opt = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                            eps=1e-6)
-    return mcfg, model, opt
+    return mcfg, model, build_optimizer(model, cfg)
+
+
+def build_optimizer(model, cfg: PretrainConfig):
+    """AdamW with BERT's weight-decay groups, betas (0.9, 0.999), eps 1e-6 (moments zero)."""
+    return torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                             eps=1e-6)
+
+
+def _load_weights(folder: Path, model) -> None:
+    """The weights of a shipped folder (``model.safetensors``, decoder tied) into ``model``."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}   # shared with other tensors
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{folder} does not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
 
 
 def _stage_kw(cfg: PretrainConfig) -> dict:
@@ -300,10 +324,10 @@ def _stage_kw(cfg: PretrainConfig) -> dict:
 
 
 def new_state(cfg: PretrainConfig, mcfg, model, n_train_docs: int, n_heldout_docs: int,
-              tokens: int | None, minutes: float | None) -> dict:
+              tokens: int | None, minutes: float | None, need_budget: bool = True) -> dict:
     """Step 5a (a new run): seed torch, measure the machine's matmul peak, and start the state with
     one stage of ``tokens`` (or none yet: a ``minutes`` budget is fixed after timing the first steps)."""
-    if tokens is None and minutes is None:
+    if need_budget and tokens is None and minutes is None:
         raise ValueError("give a budget: --tokens N or --minutes M")
     torch.manual_seed(cfg.seed)
     state = {"config": asdict(cfg), "step": 0, "tokens_seen": 0, "train_seconds": 0.0,
@@ -353,6 +377,113 @@ def plan_stages(state: dict, cfg: PretrainConfig, extend_tokens: int | None = No
     return stages
 
 
+# ------------------------------------------------------------------------------- the recipe
+
+RECIPE_STAGE_KEYS = {"label", "tokens", "long_fraction", "fresh_optimizer", "rebudgets", "lr"}
+
+
+def load_recipe(path) -> dict:
+    """A recorded recipe (JSON): ``config`` (the :class:`PretrainConfig` fields), ``stages`` (each
+    ``{"label", "tokens", optional "long_fraction", "lr", "fresh_optimizer", "rebudgets": [{"step",
+    "tokens"}]}``, run in order, each starting where the last ended), optional ``heldout_fraction``
+    and ``min_count``. ``python -m kexue.pretrain --recipe FILE --out DIR`` replays it from scratch."""
+    recipe = json.loads(Path(path).read_text())
+    unknown = set(recipe.get("config", {})) - set(PretrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"recipe {path}: unknown config keys {sorted(unknown)}")
+    if not recipe.get("stages"):
+        raise ValueError(f"recipe {path}: no stages")
+    for sp in recipe["stages"]:
+        bad = set(sp) - RECIPE_STAGE_KEYS
+        if bad or "label" not in sp or "tokens" not in sp:
+            raise ValueError(f"recipe {path}: stage {sp} needs 'label' and 'tokens' (allowed keys {sorted(RECIPE_STAGE_KEYS)})")
+    labels = [sp["label"] for sp in recipe["stages"]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"recipe {path}: stage labels repeat: {labels}")
+    return recipe
+
+
+def stage_from_spec(spec: dict, start: int, cfg: PretrainConfig, tokens: int | None = None) -> Stage:
+    """The :class:`Stage` a recipe entry describes, starting at ``start`` (``tokens`` overrides its
+    budget: a re-budget)."""
+    kw = _stage_kw(cfg)
+    kw["long_fraction"] = spec.get("long_fraction", cfg.long_fraction)
+    kw["lr"] = spec.get("lr", cfg.lr)
+    return make_stage(start, int(tokens if tokens is not None else spec["tokens"]), label=spec["label"],
+                      fresh_optimizer=bool(spec.get("fresh_optimizer", False)), **kw)
+
+
+def final_plan(recipe: dict, cfg: PretrainConfig) -> list[Stage]:
+    """Every recipe stage at its final budget (after its last re-budget), chained: where each one
+    starts and ends."""
+    out, start = [], 0
+    for sp in recipe["stages"]:
+        rb = sp.get("rebudgets") or []
+        st = stage_from_spec(sp, start, cfg, rb[-1]["tokens"] if rb else None)
+        out.append(st)
+        start = st.end
+    return out
+
+
+def apply_recipe(state: dict, stages: list[Stage], cfg: PretrainConfig) -> None:
+    """Before the step ``state["step"]``: apply a re-budget of the recipe that falls on it, and
+    start the recipe's next stage when the last one has ended (updates ``stages`` and the state)."""
+    recipe, step = state["recipe"], state["step"]
+    done = {s.label for s in stages}
+    if stages and step >= stages[-1].end:
+        nxt = [sp for sp in recipe["stages"] if sp["label"] not in done]
+        if nxt:
+            stages.append(stage_from_spec(nxt[0], stages[-1].end, cfg))
+    elif not stages:
+        stages.append(stage_from_spec(recipe["stages"][0], 0, cfg))
+    last = stages[-1]
+    spec = next(sp for sp in recipe["stages"] if sp["label"] == last.label)
+    applied = {(r["stage"], r["step"]) for r in state.get("rebudgets", [])}
+    for rb in spec.get("rebudgets") or []:
+        if rb["step"] == step and (last.label, step) not in applied:
+            new = stage_from_spec(spec, last.start, cfg, rb["tokens"])
+            if not (new.start <= step < new.end):
+                raise ValueError(f"recipe: re-budget of '{last.label}' at step {step} to {rb['tokens']} tokens ends it before that step")
+            state.setdefault("rebudgets", []).append(
+                {"step": step, "stage": last.label, "from_tokens": last.tokens, "to_tokens": int(rb["tokens"])})
+            stages[-1] = last = new
+    state["stages"] = [asdict(s) for s in stages]
+
+
+def inherit_stages(state: dict, recipe: dict, cfg: PretrainConfig, src: Path, from_stage: str) -> list[dict]:
+    """Start a recipe at stage ``from_stage`` from the weights in ``src`` (the end of the stage before
+    it, e.g. the shipped model): the earlier stages are recorded at their final budgets, the step and
+    token count come from ``src``'s log (whose ``done`` record must sit at that stage's start), and
+    that log's records are returned to head the new log. The stage must start a fresh optimizer,
+    which makes this the same computation as the replay from scratch, if the replay is exact."""
+    labels = [sp["label"] for sp in recipe["stages"]]
+    if from_stage not in labels:
+        raise ValueError(f"--from-stage {from_stage!r} is not a stage of the recipe ({labels})")
+    k = labels.index(from_stage)
+    if k == 0 or not recipe["stages"][k].get("fresh_optimizer"):
+        raise ValueError(f"stage {from_stage!r} must be a later stage with fresh_optimizer: true "
+                         "(the optimizer state of the earlier stages is not shipped)")
+    plan = final_plan(recipe, cfg)
+    start = plan[k].start
+    recs = [json.loads(l) for l in open(src / "log.jsonl") if l.strip()]
+    done = [r for r in recs if r["event"] == "done"]
+    if not done or done[-1]["step"] != start:
+        raise ValueError(f"{src}/log.jsonl does not end at step {start}, where stage {from_stage!r} starts")
+    state["stages"] = [asdict(s) for s in plan[:k]]
+    state["rebudgets"] = []
+    for sp in recipe["stages"][:k]:
+        prev = sp["tokens"]
+        for rb in sp.get("rebudgets") or []:
+            state["rebudgets"].append({"step": rb["step"], "stage": sp["label"], "from_tokens": prev,
+                                       "to_tokens": rb["tokens"]})
+            prev = rb["tokens"]
+    state["step"], state["tokens_seen"] = start, int(done[-1]["tokens"])
+    state["inherited"] = {"from": str(src), "step": start, "tokens": int(done[-1]["tokens"]),
+                          "wall_seconds": float(done[-1].get("wall_seconds", 0.0))}
+    state["evals"] = [r for r in recs if r["event"] == "eval"]
+    return [r for r in recs if r["event"] != "done"]
+
+
 def train_step(model, opt, corpus: TokenisedCorpus, vocab: objective.Vocab, stage: Stage, step: int,
                cfg: PretrainConfig) -> tuple[dict, int, int, int, float]:
     """Step 7: one optimizer step at global ``step``: the stage's learning rate and batch shape, the
@@ -398,7 +529,7 @@ class _Window:
         return {"event": "train", "step": state["step"], "tokens": state["tokens_seen"], "seq": seq,
                 "lr": stage.lr_at(step), "mlm_loss": v["mlm"] / v["n"], "nsp_loss": v["nsp"] / v["n"],
                 "mlm_acc": v["mlm_c"] / max(1, v["mlm_n"]), "nsp_acc": v["nsp_c"] / v["nsp_n"],
-                "tokens_per_s": rate,
+                "tokens_per_s": rate, "window_seconds": v["t"],
                 "mfu": rate * bert_zh.train_flops_per_token(mcfg, seq) / (state["peak_gflops"] * 1e9),
                 "elapsed_s": elapsed}
 
@@ -426,7 +557,8 @@ def finish(out: Path, model, state: dict, log_path: Path, echo: bool) -> None:
 def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int | None = None,
         minutes: float | None = None, resume: bool = False, extend_tokens: int | None = None,
         stage_tokens: int | None = None, eval_sets_fn=None, stop_after_steps: int | None = None,
-        heldout_fraction: float = 0.01, min_count: int = 3, echo: bool = True, command: str = "") -> dict:
+        heldout_fraction: float = 0.01, min_count: int = 3, echo: bool = True, command: str = "",
+        recipe: dict | None = None, init_weights: tuple | None = None) -> dict:
     """Pre-train (or resume, or extend) a ``BertForPreTraining`` into folder ``out``.
 
     ``documents``: lists of sentences (the pre-training corpus; a fixed ``heldout_fraction`` of the
@@ -437,6 +569,10 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
     unfinished last stage to that many tokens (its learning-rate decay is recomputed for the new
     end; the stage must still have steps left, and the change is recorded). ``eval_sets_fn(tok, heldout)``
     returns the :class:`EvalSets`. ``stop_after_steps`` simulates an interruption (tests).
+    ``recipe`` (:func:`load_recipe`) replaces the budget options: its config and stages, re-budgets
+    included, are replayed in one run (a resumed recipe run keeps following it);
+    ``init_weights=(folder, stage_label)`` starts the recipe at that stage from the weights in
+    ``folder`` (:func:`inherit_stages`).
     Runs on the CPU (fp32, ``cfg.threads`` threads). Returns the final state dict; the steps are
     the functions above, in order (https://kexue.fm/archives/8671)."""
     out = Path(out)
@@ -444,22 +580,50 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
     (out / ".gitignore").write_text("checkpoint/\ncheckpoint.old/\ncheckpoint.tmp/\n")
     ckpt, log_path = out / "checkpoint", out / "log.jsonl"
     t_start = time.perf_counter()
+    if recipe is not None:
+        if resume or tokens is not None or minutes is not None or extend_tokens or stage_tokens:
+            raise ValueError("a recipe is its own budget: give no tokens, minutes, extension or re-budget "
+                             "(and no resume: resume the folder it writes without the recipe)")
+        cfg = PretrainConfig(**recipe.get("config", {}))
+        heldout_fraction = recipe.get("heldout_fraction", heldout_fraction)
+        min_count = recipe.get("min_count", min_count)
+    elif init_weights is not None:
+        raise ValueError("init_weights starts a stage of a recipe: give the recipe too")
     torch.set_num_threads((cfg or PretrainConfig()).threads)
     cfg, state = _open(out, resume, cfg)
     torch.set_num_threads(cfg.threads)
     if documents is None:
         raise ValueError("no documents given")
     train_docs, held_docs = split_documents(documents, cfg.seed, heldout_fraction)
+    head = None
+    if init_weights is not None:
+        src = Path(init_weights[0])
+        bert_zh.verify_checksums(src)
+        shutil.copyfile(src / "vocab.txt", out / "vocab.txt")
+        if bert_zh.build_vocab(train_docs, min_count) != [l for l in (src / "vocab.txt").read_text().splitlines() if l]:
+            raise ValueError(f"{src}/vocab.txt is not the vocabulary these documents give: another corpus?")
     tok, corpus, heldout, eval_sets = prepare_data(out, train_docs, held_docs, min_count, eval_sets_fn)
     vocab = objective.vocab_of(tok)
     prep_seconds = time.perf_counter() - t_start
     mcfg, model, opt = build_training(tok, cfg)
     if state is None:
-        state = new_state(cfg, mcfg, model, len(train_docs), len(held_docs), tokens, minutes)
+        state = new_state(cfg, mcfg, model, len(train_docs), len(held_docs), tokens,
+                          minutes if recipe is None else None, need_budget=recipe is None)
+        if recipe is not None:
+            state["recipe"] = recipe
+        if init_weights is not None:
+            head = inherit_stages(state, recipe, cfg, src, init_weights[1])
+            _load_weights(src, model)
+            with open(log_path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in head)
     else:
         state = resume_state(out, state, model, opt)
     state["commands"].append(command or "run()")
-    stages = plan_stages(state, cfg, extend_tokens, stage_tokens)
+    if state.get("recipe") is not None:
+        stages = [Stage(**s) for s in state["stages"]]
+        apply_recipe(state, stages, cfg)
+    else:
+        stages = plan_stages(state, cfg, extend_tokens, stage_tokens)
     _log(log_path, {"event": "start", "step": state["step"], "vocab": mcfg.vocab_size,
                     "params": state["n_params"], "train_docs": len(train_docs),
                     "boundaries": int(len(corpus.boundary_doc)), "prep_seconds": prep_seconds,
@@ -469,7 +633,7 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
         seq = stage_of(stages, max(0, state["step"] - 1))
         r = evaluate(model, tok, eval_sets, seq_len=cfg.seq_len)
         rec = {"event": "eval", "step": state["step"], "tokens": state["tokens_seen"],
-               "stage": seq.label if seq and state["step"] else "init", **r}
+               "stage": seq.label if seq and state["step"] else "init", "probes": eval_sets.name, **r}
         state["evals"].append(rec)
         _log(log_path, rec, echo)
 
@@ -488,9 +652,17 @@ def run(out, documents=None, *, cfg: PretrainConfig | None = None, tokens: int |
         stages.append(make_stage(0, 10 ** 12, label="calibration", **_stage_kw(cfg)))
     while True:
         step = state["step"]
+        if state.get("recipe") is not None:
+            apply_recipe(state, stages, cfg)
         stage = stage_of(stages, step)
         if (stop_after_steps is not None and step >= stop_after_steps) or stage is None:
             break
+        if stage.fresh_optimizer and step == stage.start and step not in state.setdefault("optimizer_resets", []):
+            opt = build_optimizer(model, cfg)
+            state["optimizer_resets"].append(step)
+            if init_weights is not None and not any(e.get("step") == step and e.get("probes") == eval_sets.name
+                                                    for e in state["evals"]):
+                do_eval()   # the inherited weights on this run's probes: the baseline of the stage
         r, bsz, seq, ntok, dt = train_step(model, opt, corpus, vocab, stage, step, cfg)
         state["step"] = step + 1
         state["tokens_seen"] += ntok
@@ -547,8 +719,16 @@ def write_model_card(out: Path, state: dict) -> None:
     cfg = state["config"]
     train = [json.loads(l) for l in open(out / "log.jsonl") if '"event": "train"' in l]
     last = train[-1] if train else {}
-    rate = state["tokens_seen"] / max(state["train_seconds"], 1e-9)
+    inh = state.get("inherited") or {"step": 0, "tokens": 0, "wall_seconds": 0.0}
+    rate = (state["tokens_seen"] - inh["tokens"]) / max(state["train_seconds"], 1e-9)
     mfu = rate * state["flops_per_token"] / (state["peak_gflops"] * 1e9)
+    own = [r for r in train if r["step"] > inh["step"] and "mfu" in r]
+    by_len = {}
+    for r in own:  # windows of log_every steps, weighted by their time
+        w = r.get("window_seconds", 1.0)
+        a = by_len.setdefault(r["seq"], [0.0, 0.0])
+        a[0] += r["mfu"] * w
+        a[1] += w
     cfgj = json.loads((out / "config.json").read_text())
     lines = [
         "# bert-zh: the book's small Chinese BERT (MLM + NSP)", "",
@@ -581,10 +761,18 @@ def write_model_card(out: Path, state: dict) -> None:
         lines += ["", f"Stage '{r['stage']}' was re-budgeted at step {r['step']:,} from {r['from_tokens']:,} to "
                   f"{r['to_tokens']:,} tokens (`--resume --stage-tokens`); its learning-rate decay from that "
                   "step follows the new end."]
+    if inh["step"]:
+        lines += ["", f"This run started at step {inh['step']:,} ({inh['tokens']:,} tokens) from the weights in "
+                  f"`{Path(inh['from']).name}` ({inh['wall_seconds'] / 60:.1f} min of earlier training), with a "
+                  "fresh optimizer; the numbers below from here on are this run's own."]
     lines += ["", f"Steps {state['step']:,}; tokens processed {state['tokens_seen']:,} (non-padding); "
               f"wall time {state['wall_seconds'] / 60:.1f} min ({state['train_seconds'] / 60:.1f} min in "
               f"training steps); {rate:,.0f} tokens/s; {state['flops_per_token'] / 1e6:.1f} MFLOP/token → "
               f"MFU {mfu:.0%} of the measured fp32 matmul peak {state['peak_gflops']:.0f} GFLOP/s.", "",
+              *([("Model FLOPs utilisation of the training steps by sequence length (time-weighted over "
+                  "the log windows, against the peak measured at the start of the same run): "
+                  + ", ".join(f"{n} tokens {a[0] / a[1]:.0%}" for n, a in sorted(by_len.items())) + "."), ""]
+                if by_len else []),
               f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, "
               f"torch {torch.__version__}, Python {platform.python_version()}.", ""]
     if last:
@@ -593,12 +781,16 @@ def write_model_card(out: Path, state: dict) -> None:
     keys = [k for k in ("heldout_mlm_loss", "heldout_mlm_acc", "heldout_nsp_acc", "thucnews_nsp_first",
                         "thucnews_nsp_second", "thucnews_pet_calibrated", "stsb_mean_whitened")
             if any(k in e for e in state["evals"])]
+    keys = keys[:3] + [k + "_128" for k in keys[:3] if any(k + "_128" in e for e in state["evals"])] + keys[3:]
     lines += ["## Evaluations (every checkpoint)", "",
-              "| step | tokens | stage | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
+              "| step | tokens | stage | probes | " + " | ".join(keys) + " |", "|---" * (4 + len(keys)) + "|"]
     for e in state["evals"]:
-        lines.append(f"| {e['step']} | {e['tokens']:,} | {e['stage']} | "
+        lines.append(f"| {e['step']} | {e['tokens']:,} | {e['stage']} | {e.get('probes') or 'original'} | "
                      + " | ".join(f"{e[k]:.3f}" if k in e else "" for k in keys) + " |")
-    lines += ["", "THUCNews: NSP zero-shot with the prompt 这是一则{标签}新闻。 first or second (chance 0.10); "
+    lines += ["", "Probes 'original': 20 THUCNews dev headlines per topic drawn from all of dev; 'disjoint': 20 per "
+              "topic from the dev headlines outside the nsp-zero-shot chapter's prompt-selection subset "
+              "(`kexue.pretrain.PROMPT_SELECTION_DEV`), with held-out MLM/NSP also at 128 tokens (columns `_128`). "
+              "THUCNews: NSP zero-shot with the prompt 这是一则{标签}新闻。 first or second (chance 0.10); "
               "STS-B: Chinese STS-B valid, Spearman of cosines after mean pooling + whitening fitted on "
               "train sentences. Full log: `log.jsonl`.", ""]
     (out / "README.md").write_text("\n".join(lines))
@@ -623,18 +815,40 @@ def read_log(folder) -> dict:
 # ------------------------------------------------------------------------------------ the CLI
 
 
+# The nsp-zero-shot chapter chooses its prompts on ``fixed_subset(len(dev), 400, 0)`` of THUCNews dev;
+# the checkpoint probes use dev headlines outside that subset, so that choosing a checkpoint, choosing
+# a prompt and testing never see the same headline (issue 18 §3).
+PROMPT_SELECTION_DEV = {"thucnews": (400, 0)}
+PROBES = "disjoint"   # the name of these probe sets in the log (the shipped run's older probes have none)
+
+
+def checkpoint_probe_indices(labels, per_label: int, seed: int, exclude: tuple[int, int] | None = None) -> np.ndarray:
+    """Sorted indices of ``per_label`` items per label among those not in ``fixed_subset(len(labels),
+    *exclude)`` (a chapter's prompt-selection subset), drawn with ``seed``."""
+    from .zeroshot import fixed_subset, stratified_subsample
+
+    y = np.asarray(labels)
+    keep = np.ones(len(y), bool)
+    if exclude is not None:
+        keep[fixed_subset(len(y), *exclude)] = False
+    rest = np.flatnonzero(keep)
+    return np.sort(rest[stratified_subsample(y[rest], per_label, seed)])
+
+
 def default_eval_sets(tok, heldout, seed: int = 1234, thucnews_per_label: int = 20,
-                      stsb_pairs: int = 500, whitening_sentences: int = 1000) -> EvalSets:
-    """The book's checkpoint evaluations on the real data (``kexue.data.chinese``): THUCNews dev
-    (``thucnews_per_label`` headlines per topic), STS-B valid (``stsb_pairs``), whitening fitted on
-    ``whitening_sentences`` STS-B train sentences; subsamples fixed by ``seed``."""
+                      stsb_pairs: int = 500, whitening_sentences: int = 1000,
+                      long_seq_len: int | None = 128) -> EvalSets:
+    """The book's checkpoint evaluations on the real data (``kexue.data.chinese``): held-out MLM/NSP
+    at 64 and ``long_seq_len`` tokens, THUCNews dev (``thucnews_per_label`` headlines per topic, none
+    of them in the nsp-zero-shot chapter's prompt-selection subset :data:`PROMPT_SELECTION_DEV`),
+    STS-B valid (``stsb_pairs``), whitening fitted on ``whitening_sentences`` STS-B train sentences;
+    subsamples fixed by ``seed``."""
     from .data import chinese
-    from .zeroshot import stratified_subsample
 
     heads, labels = zip(*chinese.thucnews("dev"))
     names = list(chinese.THUCNEWS_LABELS_ZH)   # 教育 娱乐 … in the order of the label indices
     y = np.array([int(l) for l in labels])
-    pick = stratified_subsample(y, thucnews_per_label, seed)
+    pick = checkpoint_probe_indices(y, thucnews_per_label, seed, PROMPT_SELECTION_DEV["thucnews"])
     rng = np.random.default_rng(seed)
     valid = list(chinese.stsb_zh("valid"))
     vi = np.sort(rng.choice(len(valid), min(stsb_pairs, len(valid)), replace=False))
@@ -644,7 +858,7 @@ def default_eval_sets(tok, heldout, seed: int = 1234, thucnews_per_label: int = 
     return EvalSets(heldout=heldout, thucnews=([heads[i] for i in pick], y[pick], names),
                     stsb=([valid[i][0] for i in vi], [valid[i][1] for i in vi],
                           np.array([float(valid[i][2]) for i in vi]), [sents[i] for i in wi]),
-                    seed=seed)
+                    seed=seed, long_seq_len=long_seq_len, name=PROBES)
 
 
 def main(argv=None) -> None:
@@ -663,13 +877,23 @@ def main(argv=None) -> None:
               "clip", "dropout", "threads", "log_every", "checkpoint_minutes"):
         p.add_argument("--" + k.replace("_", "-"), type=type(getattr(d, k)), default=getattr(d, k))
     p.add_argument("--no-task-eval", action="store_true", help="evaluate held-out MLM/NSP only (no THUCNews/STS-B)")
+    p.add_argument("--recipe", help="replay a recorded recipe (JSON: config and stages) from scratch into --out")
+    p.add_argument("--from-stage", help="with --recipe and --init-weights: start at this stage")
+    p.add_argument("--init-weights", help="with --recipe --from-stage: the weights the stage starts from (a shipped folder)")
     a = p.parse_args(argv)
+    if a.recipe:
+        if a.resume or a.tokens or a.minutes or a.extend_tokens or a.stage_tokens:
+            p.error("--recipe is its own budget: no --resume, --tokens, --minutes, --extend-tokens or --stage-tokens")
+        if bool(a.from_stage) != bool(a.init_weights):
+            p.error("--from-stage and --init-weights go together")
+    elif a.from_stage or a.init_weights:
+        p.error("--from-stage/--init-weights need --recipe")
     if a.extend_tokens and not a.resume:
         p.error("--extend-tokens needs --resume (it extends an existing run)")
     if a.stage_tokens and not a.resume:
         p.error("--stage-tokens needs --resume (it re-budgets the unfinished stage of a run)")
-    if not a.resume and a.tokens is None and a.minutes is None:
-        p.error("give a budget: --tokens N or --minutes M")
+    if not a.resume and not a.recipe and a.tokens is None and a.minutes is None:
+        p.error("give a budget: --tokens N or --minutes M (or --recipe FILE)")
     cfg = PretrainConfig(**{k: getattr(a, k) for k in ("seed", "batch", "seq_len", "long_seq_len",
                             "long_fraction", "lr", "warmup", "weight_decay", "clip", "dropout", "threads",
                             "log_every", "checkpoint_minutes")})
@@ -679,6 +903,10 @@ def main(argv=None) -> None:
     docs = chinese.pretraining_documents()
     eval_fn = None if a.no_task_eval else default_eval_sets
     command = "python -m kexue.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    if a.recipe:
+        run(a.out, docs, recipe=load_recipe(a.recipe), eval_sets_fn=eval_fn, command=command,
+            init_weights=(a.init_weights, a.from_stage) if a.init_weights else None)
+        return
     run(a.out, docs, cfg=cfg, tokens=int(a.tokens) if a.tokens else None, minutes=a.minutes,
         resume=a.resume, extend_tokens=int(a.extend_tokens) if a.extend_tokens else None,
         stage_tokens=int(a.stage_tokens) if a.stage_tokens else None, eval_sets_fn=eval_fn, command=command)

@@ -45,7 +45,7 @@ def _weights(folder):
 
 
 def _train_records(folder):
-    return [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "mfu", "elapsed_s")}
+    return [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "mfu", "elapsed_s", "window_seconds")}
             for l in open(folder / "log.jsonl") if '"train"' in l]
 
 
@@ -117,3 +117,73 @@ def test_read_log_columns(tmp_path):
     assert log["train"]["step"].tolist() == [2.0, 4.0]
     assert log["eval"]["step"].tolist() == [0.0, 4.0] and len(log["done"]) == 1
     assert ((0 <= log["eval"]["heldout_mlm_acc"]) & (log["eval"]["heldout_mlm_acc"] <= 1)).all()
+
+
+def _recipe(cfg, stages):
+    from dataclasses import asdict
+    return {"config": asdict(cfg), "heldout_fraction": 0.1, "min_count": 1, "stages": stages}
+
+
+def test_recipe_replays_the_commands_it_records(tmp_path):
+    """A recipe (stage, re-budget, extension) run in one go = the same plan given as three commands."""
+    docs = synthetic_documents()
+    kw = dict(heldout_fraction=0.1, min_count=1, echo=False, eval_sets_fn=small_evals)
+    pretrain.run(tmp_path / "cmd", docs, cfg=micro_config(), tokens=8 * 24 * 8, stop_after_steps=3, **kw)
+    pretrain.run(tmp_path / "cmd", docs, resume=True, stage_tokens=8 * 24 * 5, **kw)
+    pretrain.run(tmp_path / "cmd", docs, resume=True, extend_tokens=8 * 24 * 4, **kw)
+    recipe = _recipe(micro_config(), [
+        {"label": "main", "tokens": 8 * 24 * 8, "rebudgets": [{"step": 3, "tokens": 8 * 24 * 5}]},
+        {"label": "extension 1", "tokens": 8 * 24 * 4}])
+    st = pretrain.run(tmp_path / "rec", docs, recipe=recipe, echo=False, eval_sets_fn=small_evals)
+    assert st["step"] == 9 and [s["label"] for s in st["stages"]] == ["main", "extension 1"]
+    assert st["rebudgets"] == [{"step": 3, "stage": "main", "from_tokens": 8 * 24 * 8, "to_tokens": 8 * 24 * 5}]
+    wa, wb = _weights(tmp_path / "cmd"), _weights(tmp_path / "rec")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a resumed command starts a new log window: the records at steps 4 and 6 average fewer steps there
+    same = lambda folder: [r for r in _train_records(folder) if r["step"] not in (4, 6)]
+    assert same(tmp_path / "cmd") == same(tmp_path / "rec") and len(same(tmp_path / "rec")) == 2
+    assert [s.end for s in pretrain.final_plan(recipe, micro_config())] == [5, 9]
+    with pytest.raises(ValueError, match="own budget"):
+        pretrain.run(tmp_path / "x", docs, recipe=recipe, tokens=100, echo=False)
+
+
+def test_init_weights_continues_a_recipe_like_the_replay(tmp_path):
+    """Starting a fresh-optimizer stage from shipped weights = replaying the recipe from scratch."""
+    docs = synthetic_documents()
+    stages = [{"label": "main", "tokens": 8 * 24 * 4},
+              {"label": "long", "tokens": 8 * 24 * 4, "long_fraction": 0.5, "fresh_optimizer": True}]
+    kw = dict(echo=False, eval_sets_fn=small_evals)
+    full = pretrain.run(tmp_path / "full", docs, recipe=_recipe(micro_config(), stages), **kw)
+    assert full["optimizer_resets"] == [4] and full["stages"][1]["steps_long"] == 2
+    pretrain.run(tmp_path / "first", docs, recipe=_recipe(micro_config(), stages[:1]), **kw)
+    named = lambda tok, h: pretrain.EvalSets(heldout=h, heldout_batches=1, heldout_batch=8, name="new probes")
+    cont = pretrain.run(tmp_path / "cont", docs, recipe=_recipe(micro_config(), stages), echo=False,
+                        eval_sets_fn=named, init_weights=(tmp_path / "first", "long"))
+    assert cont["step"] == 8 and cont["inherited"]["step"] == 4
+    wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cont")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _train_records(tmp_path / "full") == _train_records(tmp_path / "cont")
+    evs = [e for e in cont["evals"] if e["step"] == 4]
+    assert len(evs) == 2   # the inherited log's end-of-stage evaluation and this run's baseline
+    card = (tmp_path / "cont" / "README.md").read_text()
+    assert "started at step 4" in card and "fresh optimizer" in card
+    with pytest.raises(ValueError, match="fresh_optimizer"):
+        pretrain.run(tmp_path / "bad", docs, recipe=_recipe(micro_config(), [stages[0], {**stages[1], "fresh_optimizer": False}]),
+                     init_weights=(tmp_path / "first", "long"), **kw)
+
+
+def test_checkpoint_probes_avoid_the_prompt_selection_subset():
+    from kexue.zeroshot import fixed_subset
+    y = np.repeat(np.arange(10), 100)
+    pick = pretrain.checkpoint_probe_indices(y, 20, 1234, (400, 0))
+    assert len(pick) == 200 and np.bincount(y[pick]).tolist() == [20] * 10
+    assert not set(pick) & set(fixed_subset(len(y), 400, 0))
+
+
+def test_evaluate_reports_both_lengths(tmp_path):
+    docs = synthetic_documents()
+    st = pretrain.run(tmp_path / "e", docs, cfg=micro_config(), tokens=8 * 24 * 2, heldout_fraction=0.2, min_count=1,
+                      echo=False, eval_sets_fn=lambda tok, h: pretrain.EvalSets(heldout=h, heldout_batches=1,
+                                                                                 heldout_batch=4, long_seq_len=32))
+    e = st["evals"][-1]
+    assert {"heldout_mlm_loss", "heldout_mlm_loss_32", "heldout_nsp_acc_32"} <= set(e)
