@@ -1,7 +1,7 @@
 # One entry point for the book. The two commands a fresh machine needs (Python 3.10+ and npm):
 #   make book   set up .venv, vendor MathJax, build the HTML book into _build/html
 #   make test   set up (+ make data), then unit tests, every chapter once at smoke scale (records, registrations,
-#               tagged outputs, currency checks), and a strict book build
+#               tagged outputs, currency checks), a strict book build, and every page checked in headless Chromium
 # Others: make data · make gemma (optional, ~240 MB) · make run CHAPTER=<slug> [SCALE=full|smoke|large] · make lab · make scoreboard · make clean
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ MATHJAX := _vendor/mathjax/tex-mml-chtml.js
 SCALE ?= full
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup data gemma book test test-lib test-chapters test-nbval book-strict run lab scoreboard clean
+.PHONY: setup data gemma book test test-lib test-chapters test-nbval book-strict test-render run lab scoreboard clean
 
 setup: $(STAMP) $(MATHJAX)
 
@@ -41,7 +41,7 @@ book: setup data
 	$(BIN)/jupyter-book build --all . 
 	@echo "open _build/html/index.html"
 
-test: setup data test-lib test-chapters book-strict
+test: setup data test-lib test-chapters book-strict test-render
 
 test-lib:
 	$(BIN)/pytest -q tests/lib
@@ -57,6 +57,12 @@ test-nbval:
 
 book-strict:
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
+
+# Every built page in headless Chromium after MathJax (tools/browser.sh installs chromium + fonts-noto-cjk):
+# no MathJax error, raw $$ or \begin, table pipe in a paragraph, or object repr; screenshots in _build/screenshots
+test-render: setup
+	@bash tools/browser.sh
+	$(BIN)/pytest -q -s tests/book
 
 run: setup
 	@test -n "$(CHAPTER)" || { echo "usage: make run CHAPTER=<slug> [SCALE=full|smoke|large]"; exit 2; }
