@@ -861,6 +861,80 @@ def default_eval_sets(tok, heldout, seed: int = 1234, thucnews_per_label: int = 
                     seed=seed, long_seq_len=long_seq_len, name=PROBES)
 
 
+def thucnews_probe_indices(labels, per_label: int = 20, seed: int = 1234, *, shipped_run: bool = False) -> np.ndarray:
+    """Indices into THUCNews dev (``labels``: its label indices) of the checkpoint probes that
+    :func:`default_eval_sets` draws with its defaults: outside :data:`PROMPT_SELECTION_DEV`, or with
+    ``shipped_run=True`` the older probes the shipped run was evaluated (and its checkpoint chosen)
+    with, drawn from all of dev. For the nsp-zero-shot chapter's disjointness check
+    (https://kexue.fm/archives/8671)."""
+    if shipped_run:
+        from .zeroshot import stratified_subsample
+
+        return np.sort(stratified_subsample(np.asarray(labels), per_label, seed))
+    return checkpoint_probe_indices(labels, per_label, seed, PROMPT_SELECTION_DEV["thucnews"])
+
+
+def prompt_selection_indices(name: str, n_items: int, n: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the dev subset (``n`` of ``n_items``) on which the nsp-zero-shot chapter
+    chooses its prompts for set ``name``. For a set in :data:`PROMPT_SELECTION_DEV` it is drawn with
+    ``seed`` *inside* that fixed subset (the whole of it at its size, whatever the seed), so that it
+    never meets the checkpoint probes drawn outside it; for another set, ``fixed_subset(n_items, n,
+    seed)`` (https://kexue.fm/archives/8671)."""
+    from .zeroshot import fixed_subset
+
+    if name not in PROMPT_SELECTION_DEV:
+        return fixed_subset(n_items, n, seed)
+    pool = fixed_subset(n_items, *PROMPT_SELECTION_DEV[name])
+    return pool[fixed_subset(len(pool), n, seed)]
+
+
+def recipe_with_tokens(recipe: dict, tokens: int, threads: int | None = None) -> dict:
+    """The recipe with every stage's budget set to ``tokens``, no re-budgets, and optionally another
+    thread count (a smoke-size stand-in of a recorded recipe; https://kexue.fm/archives/8671,
+    chapter nsp-zero-shot)."""
+    stages = [{k: v for k, v in sp.items() if k != "rebudgets"} | {"tokens": int(tokens)} for sp in recipe["stages"]]
+    config = dict(recipe.get("config", {}), **({"threads": int(threads)} if threads is not None else {}))
+    return {**recipe, "config": config, "stages": stages}
+
+
+def pretrained_from_recipe(recipe, out, documents=None, *, eval_sets_fn=None, echo: bool = False) -> Path:
+    """The folder ``out`` holding the model that ``recipe`` (a dict or a recipe file) pre-trains from
+    scratch, as ``python -m kexue.pretrain --recipe FILE --out OUT`` writes it. A finished run of the
+    same recipe there is used as is (nothing trained); an unfinished one is resumed; a folder holding
+    another run is an error; otherwise the recipe runs (``documents``: the corpus, by default
+    ``kexue.data.chinese.pretraining_documents()``). Load the result with ``bert_zh.load(out)``.
+    For the nsp-zero-shot chapter's model-size extension (https://kexue.fm/archives/8671)."""
+    if not isinstance(recipe, dict):
+        recipe = load_recipe(recipe)
+    out = Path(out)
+    state_path = out / "checkpoint" / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("recipe") != recipe:
+            raise FileExistsError(f"{out} holds another pre-training run (not this recipe); choose another folder")
+        done = [json.loads(l) for l in open(out / "log.jsonl") if '"done"' in l]
+        if done and done[-1]["step"] == state["step"] and (out / "model.safetensors").exists():
+            return out
+    if documents is None:
+        from .data import chinese
+
+        documents = chinese.pretraining_documents()
+    threads = torch.get_num_threads()   # run() sets the recipe's thread count; the caller keeps its own
+    try:
+        _run_recipe(recipe, out, documents, state_path.exists(), eval_sets_fn, echo)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _run_recipe(recipe: dict, out: Path, documents, resume: bool, eval_sets_fn, echo: bool) -> None:
+    if resume:
+        run(out, documents, resume=True, eval_sets_fn=eval_sets_fn, echo=echo, command="pretrained_from_recipe (resume)",
+            heldout_fraction=recipe.get("heldout_fraction", 0.01), min_count=recipe.get("min_count", 3))
+    else:
+        run(out, documents, recipe=recipe, eval_sets_fn=eval_sets_fn, echo=echo, command="pretrained_from_recipe")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m kexue.pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -172,6 +172,16 @@ def fixed_subset(n_items: int, n: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
 
 
+def shared_items(named: dict) -> list[tuple[str, str, int]]:
+    """``(a, b, n)`` for every pair of the named collections in ``named`` = {name: items} (indices
+    or texts), ``n`` the number of distinct items both hold, in the order the names are listed: the
+    disjointness check of the splits a zero-shot number touches (checkpoint probes, prompt-selection
+    dev subset, test; https://kexue.fm/archives/8671, chapter ``nsp-zero-shot``)."""
+    names = list(named)
+    sets = {k: set(named[k]) for k in names}
+    return [(a, b, len(sets[a] & sets[b])) for i, a in enumerate(names) for b in names[i + 1:]]
+
+
 # ----------------------------------------------------------------- prompt variants and selection
 
 @dataclass(frozen=True)

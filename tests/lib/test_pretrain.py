@@ -187,3 +187,62 @@ def test_evaluate_reports_both_lengths(tmp_path):
                                                                                  heldout_batch=4, long_seq_len=32))
     e = st["evals"][-1]
     assert {"heldout_mlm_loss", "heldout_mlm_loss_32", "heldout_nsp_acc_32"} <= set(e)
+
+
+def test_thucnews_probe_indices_are_default_eval_sets_probes():
+    """The chapter's probe indices = what default_eval_sets draws with its defaults; the shipped run's
+    older probes = the stratified draw over all of dev."""
+    import inspect
+
+    from kexue.zeroshot import stratified_subsample
+    d = inspect.signature(pretrain.default_eval_sets).parameters
+    assert (d["thucnews_per_label"].default, d["seed"].default) == (20, 1234)
+    y = np.repeat(np.arange(10), 100)
+    assert np.array_equal(pretrain.thucnews_probe_indices(y),
+                          pretrain.checkpoint_probe_indices(y, 20, 1234, pretrain.PROMPT_SELECTION_DEV["thucnews"]))
+    assert np.array_equal(pretrain.thucnews_probe_indices(y, shipped_run=True), np.sort(stratified_subsample(y, 20, 1234)))
+
+
+def test_pretrained_from_recipe_trains_once_then_reuses(tmp_path):
+    docs = synthetic_documents()
+    recipe = _recipe(micro_config(), [{"label": "main", "tokens": 8 * 24 * 8, "rebudgets": [{"step": 3, "tokens": 8 * 24 * 5}]}])
+    small = pretrain.recipe_with_tokens(recipe, 8 * 24 * 4)
+    assert small["stages"] == [{"label": "main", "tokens": 8 * 24 * 4}] and small["config"] == recipe["config"]
+    out = pretrain.pretrained_from_recipe(small, tmp_path / "m", docs, eval_sets_fn=small_evals)
+    ref = pretrain.run(tmp_path / "ref", docs, recipe=small, echo=False, eval_sets_fn=small_evals)
+    w = _weights(out)
+    assert ref["step"] == 4 and all(torch.equal(w[k], _weights(tmp_path / "ref")[k]) for k in w)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert pretrain.pretrained_from_recipe(small, out, None) == out       # finished: no corpus needed, nothing trained
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(FileExistsError, match="another"):
+        pretrain.pretrained_from_recipe(recipe, out, docs)
+    # an interrupted run of the same recipe is resumed to the same weights
+    pretrain.run(tmp_path / "cut", docs, recipe=small, echo=False, eval_sets_fn=small_evals, stop_after_steps=2)
+    pretrain.pretrained_from_recipe(small, tmp_path / "cut", docs, eval_sets_fn=small_evals)
+    wc = _weights(tmp_path / "cut")
+    assert all(torch.equal(w[k], wc[k]) for k in w)
+
+
+def test_prompt_selection_indices_stay_inside_the_fixed_subset():
+    from kexue.zeroshot import fixed_subset
+    y = np.repeat(np.arange(10), 100)
+    pool = fixed_subset(len(y), *pretrain.PROMPT_SELECTION_DEV["thucnews"])
+    probes = set(pretrain.thucnews_probe_indices(y))
+    for n, seed in ((400, 0), (400, 3), (None, 1), (10, 0), (10, 5)):
+        got = pretrain.prompt_selection_indices("thucnews", len(y), n, seed)
+        assert set(got) <= set(pool) and not set(got) & probes and list(got) == sorted(got)
+        assert len(got) == (400 if n is None else n)
+    assert np.array_equal(pretrain.prompt_selection_indices("thucnews", len(y), 400, 7), pool)
+    assert np.array_equal(pretrain.prompt_selection_indices("inews", 500, 30, 2), fixed_subset(500, 30, 2))
+
+
+def test_recipe_with_tokens_threads_and_caller_threads_kept(tmp_path):
+    from dataclasses import replace
+    recipe = _recipe(replace(micro_config(), threads=2), [{"label": "main", "tokens": 10 ** 6}])
+    small = pretrain.recipe_with_tokens(recipe, 8 * 24 * 2, threads=1)
+    assert small["config"]["threads"] == 1 and recipe["config"]["threads"] == 2
+    before = torch.get_num_threads()
+    pretrain.pretrained_from_recipe(pretrain.recipe_with_tokens(recipe, 8 * 24 * 2), tmp_path / "t",
+                                    synthetic_documents(), eval_sets_fn=small_evals)
+    assert torch.get_num_threads() == before

@@ -257,3 +257,18 @@ def test_char_rule_select_and_test_chooses_on_dev():
     out = zeroshot.char_rule_select_and_test(*dev, *test, [("X", "Y"), ("差", "好")])
     assert out["words"] == ("差", "好") and out["dev"] == 1.0 and out["dev_all"][0] == 0.5
     assert out["test"] == zeroshot.tie_split_accuracy(zeroshot.label_char_scores(test[0], ("差", "好")), test[1])
+
+
+def test_shared_items_against_loop():
+    named = {"probes": [3, 5, 7, 7], "dev": [1, 2, 3, 7], "test": ["a"], "texts": ["a", "b", "a"]}
+    got = zeroshot.shared_items(named)
+    want = []
+    names = list(named)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            shared = []
+            for x in named[names[i]]:
+                if x in named[names[j]] and x not in shared:
+                    shared.append(x)
+            want.append((names[i], names[j], len(shared)))
+    assert got == want and got[0] == ("probes", "dev", 2) and got[-1] == ("test", "texts", 1)
