@@ -6,7 +6,7 @@ import nbformat
 
 from kexue import book
 from kexue.results import Results
-from kexue.scoreboard import build_rows, render_html, summary
+from kexue.scoreboard import build_rows, dates, key_result, render_html, render_markdown, summary, verdict_anchor
 
 
 def mini_book(tmp_path):
@@ -52,8 +52,8 @@ def test_statuses(tmp_path):
     s = summary(rows)
     assert (s["written"], s["reproduced"], s["not reproduced"], s["pending or stale"]) == (2, 1, 1, 1)
     page = render_html(rows)
-    assert "outputs stale" in page and "chapter not written yet" in page
-    assert "<b>2</b> (1)" in page  # key number: ours, then the article's
+    assert "outputs stale" in page and "34 articles without a chapter yet" in page
+    assert "<b>2</b> <span class='kx-dim'>(1)</span>" in page  # key result: ours, then the article's
     assert "chapters/01-signal-propagation/bert-init-std.html" in page
 
 
@@ -117,6 +117,74 @@ def test_registered_record_counts_kinds_apart(tmp_path):
     assert row.registered and row.held == (1, 2) and row.extensions == (1, 1) and row.checks == (1, 1)
     assert row.record["verdict"] == "partly reproduced"
     page = render_html(build_rows(root))
-    assert "registered 2026-12-01" in page and "1 / 1 passing" in page
+    assert "reg. 2026-12-01" in page and "checks 1 / 1 passing" in page
+    assert "<b>1 of 2</b><span>article claims held (50 %)</span>" in page  # the summary on top
+    assert "<b>1 of 1</b><span>extensions held" in page and "Claims registered 2026-12-01" in page
     s = summary(build_rows(root))
     assert (s["article claims held"], s["article claims tested"], s["extensions held"]) == (1, 2, 1)
+
+
+def test_page_reads_at_a_glance(tmp_path):
+    """Summary first, then the written chapters (in book order), then the unwritten ones folded in a
+    <details> list; each verdict links to the chapter's Verdict section."""
+    root = mini_book(tmp_path)
+    nb_path = root / "chapters" / "01-signal-propagation" / "bert-init-std.ipynb"
+    nb = nbformat.read(nb_path, 4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("Some text.\n\n## Verdict\n\nThe outcomes."))
+    nbformat.write(nb, nb_path)
+    record(root, "bert-init-std", held=True)
+    record(root, "xavier-averaging", held=False)
+    rows = build_rows(root)
+    page = render_html(rows)
+    summary_at, table_at, details_at = page.index("kx-sum"), page.index("<table class='kx-sb'"), page.index("<details")
+    assert summary_at < table_at < details_at
+    assert "<b>2 of 36</b><span>chapters written</span>" in page
+    assert "2 still on unregistered claims" in page  # these test records predate registration
+    written, folded = page[table_at:details_at], page[details_at:]
+    assert written.index("sb-bert-init-std") < written.index("sb-xavier-averaging")
+    assert "sb-rnn-gradients" in folded and "sb-rnn-gradients" not in written
+    assert folded.count("<tr") == 34 and "https://kexue.fm/archives/7888" in folded
+    # the verdict links to #verdict where the chapter has a Verdict heading, else to the chapter's top
+    assert "href='chapters/01-signal-propagation/bert-init-std.html#verdict'>reproduced</a>" in page
+    assert "href='chapters/01-signal-propagation/xavier-averaging.html'>not reproduced</a>" in page
+    # one key result per row, not a list
+    assert "<ul>" not in written and written.count("the number") == 2
+
+
+def test_verdict_anchor_needs_a_verdict_heading(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title\n\n## Verdicts of others\n\nVerdict: x")]
+    path = tmp_path / "c.ipynb"
+    nbformat.write(nb, path)
+    assert verdict_anchor(path) == ""
+    nb.cells.append(nbformat.v4.new_markdown_cell("## Verdict  "))
+    nbformat.write(nb, path)
+    assert verdict_anchor(path) == "#verdict"
+    assert verdict_anchor(tmp_path / "missing.ipynb") == ""
+
+
+def test_key_result_is_the_first_key_comparison():
+    comps = [{"quantity": "a", "ours": 1, "article": 2}, {"quantity": "b", "ours": 3, "article": 4, "key": True},
+             {"quantity": "c", "ours": 5, "article": 6, "key": True}]
+    assert key_result({"comparisons": comps})["quantity"] == "b"
+    assert key_result({"comparisons": comps[:1]})["quantity"] == "a"  # none marked: the first one
+    assert key_result({"comparisons": []}) is None
+
+
+def test_dates_and_markdown(tmp_path):
+    root = mini_book(tmp_path)
+    record(root, "bert-init-std", held=True)
+    rec_path = root / "results" / "bert-init-std.json"
+    rec = json.loads(rec_path.read_text())
+    rec["started"] = "2026-12-02T08:00:00+00:00"
+    rec_path.write_text(json.dumps(rec))
+    record(root, "xavier-averaging", held=False)
+    rows = build_rows(root)
+    d = dates(rows)
+    assert d["registered"] is None and d["run"][0] == "2026-12-02" and d["run"][1] >= "2026-12-02"
+    md = render_markdown(rows)
+    first, table = md.splitlines()[0], md.split("\n\n")[1]
+    assert first.startswith("2 of 36 chapters written; article claims held")
+    assert table.count("\n") == 3 and "| 1 | bert-init-std | reproduced |" in table  # header, rule, 2 rows
+    assert "the number: 2 (1)" in table
+    assert md.rstrip().splitlines()[-1].startswith("Not written yet (34): rnn-gradients, ")
