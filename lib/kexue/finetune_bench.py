@@ -448,9 +448,10 @@ def summarise(shipped: dict, random_init: dict, charbag: float, majority: float 
             "diff_random": [d, lo, hi], "diff_charbag": [dc, lc, hc]}
 
 
-def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print) -> dict:
+def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print, pilot: bool = False) -> dict:
     """The whole benchmark: every task of ``cfg["tasks"]``, both BERT arms and the char-bag control.
-    Returns the JSON-able record (config, per-task arms and summary, timings, versions)."""
+    Returns the JSON-able record (config, per-task arms and summary, timings, versions). A ``pilot``
+    runs the BERT arms only (no char-bag control, no summary)."""
     from .models import bert_zh
     cfg = copy.deepcopy(cfg or DEFAULT_CONFIG)
     t_all = time.perf_counter()
@@ -469,6 +470,12 @@ def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print) -> dict
         sizes = {s: len(r) for s, r in data["rows"].items()}
         log(f"{name}: train/dev/test {sizes}")
         task = {"sizes": sizes}
+        if pilot:
+            task["shipped"] = run_bert_task(name, data, tcfg, cfg, make_shipped, tok, log)
+            task["random_init"] = run_bert_task(name, data, tcfg, cfg, make_random, tok, log)
+            task["seconds"] = time.perf_counter() - t0
+            out["tasks"][name] = task
+            continue
         if tcfg["kind"] == "classification":
             cb = _charbag_classification(data["rows"], cfg["charbag_c_grid"])
             test_y = data["labels"]["test"]
@@ -755,7 +762,7 @@ def main(argv=None) -> None:
             pcfg = {**copy.deepcopy(cfg), "seeds": [args.pilot_seed],
                     "lr_grid": [cfg["lr_grid"][len(cfg["lr_grid"]) // 2]]}
             print(f"pilot: seed {args.pilot_seed}, lr {pcfg['lr_grid'][0]:g}")
-            pilot = run_benchmark(pcfg)
+            pilot = run_benchmark(pcfg, pilot=True)
             cfg, notes = size_from_pilot(cfg, pilot, budget_s=60 * args.budget_min)
             sizing = {"pilot": pilot_summary(pilot), "decisions": notes}
             for line in notes:
