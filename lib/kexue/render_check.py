@@ -206,7 +206,7 @@ def warnings(html: str, page: Path | None = None) -> list[tuple[str, str]]:
 # Measures the page after MathJax typeset it and writes the numbers into the DOM as JSON.
 LAYOUT_PROBE = r"""<script>(function () {
   function measure() {
-    var art = document.querySelector("article.bd-article") || document.body;
+    var art = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
     var cs = getComputedStyle(art);
     var col = art.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
     function shown(el) { return !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length); }
@@ -222,7 +222,8 @@ LAYOUT_PROBE = r"""<script>(function () {
                        height: Math.round(im.getBoundingClientRect().height)});
     });
     document.querySelectorAll("input[type=search], .search-button-field").forEach(function (el) {
-      if (!el.closest("dialog") && shown(el)) out.visible_search += 1;
+      // the search page's own box lives in <main>; the pop-up in <dialog>
+      if (!el.closest("dialog, main") && shown(el)) out.visible_search += 1;
     });
     var s = document.createElement("script");
     s.type = "application/json"; s.id = "kx-layout"; s.textContent = JSON.stringify(out);
