@@ -448,7 +448,8 @@ def summarise(shipped: dict, random_init: dict, charbag: float, majority: float 
             "diff_random": [d, lo, hi], "diff_charbag": [dc, lc, hc]}
 
 
-def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print, pilot: bool = False) -> dict:
+def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print, pilot: bool = False,
+                  on_task=None) -> dict:
     """The whole benchmark: every task of ``cfg["tasks"]``, both BERT arms and the char-bag control.
     Returns the JSON-able record (config, per-task arms and summary, timings, versions). A ``pilot``
     runs the BERT arms only (no char-bag control, no summary)."""
@@ -494,7 +495,11 @@ def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print, pilot: 
         log(f"{name}: {task['seconds']:.0f} s; shipped {task['summary']['shipped_mean']:.4f} "
             f"random {task['summary']['random_init_mean']:.4f} char-bag {cb['test']:.4f}")
         out["tasks"][name] = task
+        if on_task is not None:  # e.g. save what is done so far
+            on_task({**out, "wall_seconds": time.perf_counter() - t_all, "environment": _environment(),
+                     "complete": False})
     out["wall_seconds"] = time.perf_counter() - t_all
+    out["complete"] = True
     out["environment"] = _environment()
     return out
 
@@ -636,7 +641,9 @@ def card_section(bench: dict, sts: dict | None, json_name: str = "finetune.json"
     workbench record's STS-B row ``sts``, or "not run yet"); the sentences saying what the numbers
     show are chosen by the intervals, not typed (https://kexue.fm/archives/8295)."""
     cfg = bench["config"]
+    missing = [n for n in cfg["tasks"] if n not in bench["tasks"]]
     L = [CARD_START, "", "## Fine-tuning benchmark (issue 18 §2)", "",
+         *([f"**The run did not finish: no numbers yet for {', '.join(missing)}.**", ""] if missing else []),
          f"Generated from `{json_name}` by `python -m kexue.finetune_bench` (run {bench['environment']['date']}, "
          f"{bench['wall_seconds'] / 60:.1f} min on {bench['environment']['cpu']}, "
          f"{bench['environment']['torch_threads']} torch threads, torch {bench['environment']['torch']}). "
@@ -767,7 +774,11 @@ def main(argv=None) -> None:
             sizing = {"pilot": pilot_summary(pilot), "decisions": notes}
             for line in notes:
                 print("sizing:", line)
-        bench = run_benchmark(cfg)
+        def save(b):
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({**b, **({"sizing": sizing} if sizing else {})},
+                                                 indent=1, ensure_ascii=False))
+        bench = run_benchmark(cfg, on_task=save)
         if sizing:
             bench["sizing"] = sizing
         bench["command"] = "python -m kexue.finetune_bench " + " ".join(argv if argv is not None else

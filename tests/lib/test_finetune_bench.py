@@ -232,6 +232,7 @@ def test_card_section_reads_every_number_from_the_json_and_the_record(tmp_path):
     d = bench["tasks"]["thucnews"]["summary"]["diff_random"]
     assert f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" in text
     assert "not run yet" in text
+    assert "did not finish: no numbers yet for reviews, ner" in text   # fake_bench ran one of three tasks
     assert "on THUCNews the shipped weights beat random init and lose to the char-bag model" in text
     rec = {"scale": "full", "started": "2026-12-03", "metrics": {
         "cosent_per_seed": {"bert-zh": {"test": [0.61, 0.63]}, "bert-zh-random": {"test": [0.65, 0.66]}},
