@@ -64,11 +64,11 @@ DEFAULT_CONFIG = {
     "charbag_c_grid": [0.01, 0.1, 1.0, 10.0, 100.0],
     "tasks": {
         "thucnews": {"kind": "classification", "n_train": 1000, "n_dev": 300, "n_test": None,
-                     "max_length": 32, "steps": 300},
+                     "max_length": 32, "steps": 200},
         "reviews": {"kind": "classification", "n_train": 1000, "n_dev": 300, "n_test": 1000,
-                    "max_length": 48, "steps": 200},
+                    "max_length": 48, "steps": 150},
         "ner": {"kind": "tagging", "n_train": 500, "n_dev": 150, "n_test": 500,
-                "max_chars": 62, "steps": 200, "batch_size": 8},
+                "max_chars": 62, "steps": 150, "batch_size": 8},
     },
 }
 """Sized by a pilot on seed 99 (not a seed of the run). Texts are cut to ``max_length`` − 2
