@@ -243,7 +243,7 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
                  template: str = "{mask}满意。", n_prompt: int = 0, train_model: bool = False,
                  lstm: bool = False, aux_mlm: bool = False, lr: float = 1e-2, steps: int = 100,
                  batch_size: int = 32, eval_every: int = 10, max_length: int = 128,
-                 eval_batch_size: int = 32, seed: int = 0) -> dict:
+                 eval_batch_size: int = 32, seed: int = 0, patience: int | None = None) -> dict:
     """Train one few-shot classifier on ``train`` ((text, label) pairs), early-stopped on ``dev``
     accuracy, and report its ``test`` accuracy. ``head="cls"``: fine-tune all weights with a linear
     head on [CLS] (:class:`kexue.bert.heads.ClsHeadClassifier`). ``head="cloze"``: the ``template`` read by the MLM
@@ -251,7 +251,9 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
     prompt tokens (:func:`attach_prompts`; with ``train_model=False`` only they learn, eq. 1;
     ``lstm`` for the LSTM prompt encoder), ``aux_mlm`` adds the auxiliary MLM loss. The base
     model is deep-copied, never changed; the copy stays on the base model's device. Returns
-    accuracies, best step, trainable count, seconds. ``eval_batch_size``: 32 is ≈ 1.4 × faster than 256 on the 2-core CPU (cache-sized activations)
+    accuracies, best step, steps run, trainable count, seconds. ``patience``: early stopping after
+    that many dev evaluations without a new best (:func:`kexue.train.fit`; None: all ``steps``,
+    the chapter's earlier runs). ``eval_batch_size``: 32 is ≈ 1.4 × faster than 256 on the 2-core CPU (cache-sized activations)
     (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     t0 = time.perf_counter()
     model = copy.deepcopy(base_model)
@@ -270,7 +272,7 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
         evaluate = lambda: accuracy(classifier_logits(clf, dev_ids, eval_batch_size, pad), dev_y)
         params, trainable = list(clf.parameters()), sum(p.numel() for p in clf.parameters())
         out = fit(params, loss_on, len(texts), steps=steps, batch_size=batch_size, lr=lr,
-                  evaluate=evaluate, eval_every=eval_every, seed=seed)
+                  evaluate=evaluate, eval_every=eval_every, seed=seed, patience=patience)
         test_acc = accuracy(classifier_logits(clf, enc(test_x), eval_batch_size, pad), test_y)
     elif head == "cloze":
         ptok = tok
@@ -294,12 +296,13 @@ def few_shot_run(base_model, tok, train: list, dev: list, test: list, *, head: s
                                             max_length=max_length, batch_size=eval_batch_size)
         evaluate = lambda: accuracy(score(dev_x), dev_y)
         out = fit(list(model.parameters()), loss_on, len(texts), steps=steps, batch_size=batch_size,
-                  lr=lr, evaluate=evaluate, eval_every=eval_every, seed=seed)
+                  lr=lr, evaluate=evaluate, eval_every=eval_every, seed=seed, patience=patience)
         test_acc = accuracy(score(test_x), test_y)
     else:
         raise ValueError("head must be 'cls' or 'cloze'")
     return {"test_acc": test_acc, "dev_acc": out["best_dev"], "best_step": out["best_step"],
-            "history": out["history"], "trainable": int(trainable), "seconds": time.perf_counter() - t0}
+            "steps_run": out["steps_run"], "history": out["history"], "trainable": int(trainable),
+            "seconds": time.perf_counter() - t0}
 
 
 def few_shot_subset(train: list, fraction: float, seed: int) -> list:
@@ -557,11 +560,11 @@ def causal_prompt_init(lm, token_pool: list, n_prompt: int, seed: int) -> torch.
 def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n_left: int = 4,
                         n_right: int = 4, label_words=LABEL_WORDS, lr: float = 1e-2, steps: int = 40,
                         batch_size: int = 16, eval_every: int = 10, max_length: int = 64,
-                        eval_batch_size: int = 16, seed: int = 0) -> dict:
+                        eval_batch_size: int = 16, seed: int = 0, patience: int | None = None) -> dict:
     """P-tuning of a frozen causal LM (the article's GPT row): ``n_left`` prompt vectors before the
     text and ``n_right`` after it (``n_right = 0``: a prefix; ``n_left = 0``: a suffix), trained
     with Adam on the cross-entropy over the label words (:func:`causal_label_logits`) and
-    early-stopped on ``dev`` accuracy (:func:`fit`); ``test`` (None to skip) is scored with the best
+    early-stopped on ``dev`` accuracy (:func:`fit`, with ``patience`` if given); ``test`` (None to skip) is scored with the best
     prompts. ``lm`` must be frozen (:func:`kexue.models.gemma.freeze`): it is never changed.
     Returns accuracies, best step, history, trainable count, seconds and the prompts
     (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
@@ -583,11 +586,11 @@ def causal_few_shot_run(lm, tok, train: list, dev: list, test: list | None, *, n
 
     evaluate = lambda: accuracy(causal_label_scores(lm, dev_ids, dev_slots, label_ids, prompts, eval_batch_size), dev_y)
     out = fit([prompts], loss_on, len(train), steps=steps, batch_size=batch_size, lr=lr, evaluate=evaluate,
-              eval_every=eval_every, seed=seed)
+              eval_every=eval_every, seed=seed, patience=patience)
     test_acc = None if test is None else causal_test_accuracy(lm, tok, test, prompts, label_words=label_words,
                                                               batch_size=eval_batch_size, **kw)
     return {"test_acc": test_acc, "dev_acc": out["best_dev"], "best_step": out["best_step"],
-            "history": out["history"], "trainable": int(prompts.numel()),
+            "steps_run": out["steps_run"], "history": out["history"], "trainable": int(prompts.numel()),
             "seconds": time.perf_counter() - t0, "prompts": prompts.detach().clone()}
 
 
@@ -618,13 +621,14 @@ def causal_placement_runs(lm, tok, subsets: dict, dev: list, test: list, placeme
                           fraction: float, **run_kw) -> list[dict]:
     """:func:`causal_few_shot_run` for every labelled subset (``{seed: [(text, label), ...]}``) and every
     prompt placement (``{name: (n_left, n_right)}``: the article's 4 + 4, prefix only, suffix only),
-    one row per run with method, fraction, seed, test/dev accuracy, best step, trainable count and
-    seconds; ``run_kw`` (lr, steps, batch_size, eval_every, max_length) is shared by every arm
+    one row per run with method, fraction, seed, test/dev accuracy, best step, steps run, trainable
+    count and seconds; ``run_kw`` (lr, steps, batch_size, eval_every, max_length, patience) is shared by every arm
     (https://kexue.fm/archives/8295, chapter ``p-tuning``)."""
     rows = []
     for s, sub in subsets.items():
         for name, (left, right) in placements.items():
             out = causal_few_shot_run(lm, tok, sub, dev, test, n_left=left, n_right=right, seed=s, **run_kw)
             rows.append({"method": name, "fraction": fraction, "seed": s,
-                         **{k: out[k] for k in ("test_acc", "dev_acc", "best_step", "trainable", "seconds")}})
+                         **{k: out[k] for k in ("test_acc", "dev_acc", "best_step", "steps_run", "trainable",
+                                                "seconds")}})
     return rows

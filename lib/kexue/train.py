@@ -151,7 +151,8 @@ def summarize(runs: list[dict], key: str, lr: float | None = None) -> tuple[floa
 
 
 def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, evaluate,
-        eval_every: int, optimizer=None, lr: float | None = None, seed: int = 0) -> dict:
+        eval_every: int, optimizer=None, lr: float | None = None, seed: int = 0,
+        patience: int | None = None) -> dict:
     """The book's one minibatch loop with early stopping on dev.
 
     ``loss_on(batch_indices, rng)`` returns the loss of a minibatch of the ``n_train`` training
@@ -161,7 +162,9 @@ def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, eva
     trainable parameters of the best evaluation are restored (the first of equal scores).
 
     ``optimizer`` is passed in, built over ``params``; without one, Adam with ``lr`` (no weight
-    decay). Returns ``{best_dev, best_step, history: [(step, mean training loss since the last
+    decay). ``patience``: stop early once that many evaluations in a row have not beaten the best
+    dev score (``steps`` is then only a cap); None (the default) always runs all ``steps``.
+    Returns ``{best_dev, best_step, steps_run, history: [(step, mean training loss since the last
     evaluation, dev score)]}``. Used by the few-shot runs of chapter ``p-tuning``
     (https://kexue.fm/archives/8295)."""
     params = [p for p in params if p.requires_grad]
@@ -172,9 +175,12 @@ def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, eva
     if steps < 1 or eval_every < 1 or batch_size < 1 or n_train < 1:
         raise ValueError(f"fit needs steps, eval_every, batch_size and n_train >= 1; got {steps}, "
                          f"{eval_every}, {batch_size}, {n_train}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience is None or >= 1 evaluations; got {patience}")
     rng = np.random.default_rng(seed)
     queue: list = []
     best, best_step, snap, hist, run_loss = -math.inf, 0, None, [], []
+    stale, step = 0, 0
     for step in range(1, steps + 1):
         if len(queue) < batch_size:
             queue.extend(rng.permutation(n_train).tolist())
@@ -189,8 +195,12 @@ def fit(params: list, loss_on, n_train: int, *, steps: int, batch_size: int, eva
             hist.append((step, float(np.mean(run_loss)), score))
             run_loss = []
             if score > best:
-                best, best_step, snap = score, step, [p.detach().clone() for p in params]
+                best, best_step, snap, stale = score, step, [p.detach().clone() for p in params], 0
+            else:
+                stale += 1
+                if patience is not None and stale >= patience:
+                    break
     with torch.no_grad():
         for p, s in zip(params, snap):
             p.copy_(s)
-    return {"best_dev": best, "best_step": best_step, "history": hist}
+    return {"best_dev": best, "best_step": best_step, "steps_run": step, "history": hist}

@@ -308,3 +308,20 @@ def test_tied_decoder_survives_deepcopy(micro):
     c = copy.deepcopy(m)
     assert c.cls.predictions.decoder._pe is c.bert.embeddings.word_embeddings
     assert c.cls.predictions.decoder._pe is not pe
+
+
+@pytest.mark.parametrize("kw", [dict(head="cls", lr=1e-3), dict(n_prompt=8, template=P.prompt_template(), lr=1e-2)])
+def test_few_shot_run_passes_patience_to_fit(micro, kw):
+    """patience=None runs every step (the chapter's earlier runs); a patience is fit's early stopping:
+    the run is the same run cut where fit stops, with the same best step and dev accuracy up to there."""
+    model, tok = micro
+    data = list(zip(TEXTS, LABELS))
+    common = dict(steps=12, batch_size=4, eval_every=1, max_length=40, seed=1, **kw)
+    full = P.few_shot_run(model, tok, data, data, data, **common)
+    assert full["steps_run"] == 12 and len(full["history"]) == 12
+    short = P.few_shot_run(model, tok, data, data, data, patience=1, **common)
+    dev = [h[2] for h in full["history"]]
+    # where a patience of one stops: the first evaluation that does not beat every earlier one
+    stop = next((i + 1 for i in range(1, len(dev)) if dev[i] <= max(dev[:i])), len(dev))
+    assert short["steps_run"] == stop and short["history"] == full["history"][:stop]
+    assert short["dev_acc"] == max(dev[:stop])

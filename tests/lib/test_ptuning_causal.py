@@ -200,3 +200,17 @@ def test_placement_runs_one_row_per_subset_and_placement(tiny):
     assert [(r["seed"], r["method"]) for r in rows] == [(s, m) for s in (3, 4) for m in places]
     one = P.causal_few_shot_run(lm, tok, DATA[::-1], DATA, DATA, n_left=0, n_right=2, seed=4, **kw)
     assert rows[-1]["test_acc"] == one["test_acc"] and rows[-1]["trainable"] == 2 * lm.config.hidden_size
+
+
+def test_few_shot_run_patience_stops_where_fit_would(tiny):
+    lm, tok = tiny
+    kw = dict(n_left=2, n_right=2, lr=0.05, steps=10, batch_size=4, eval_every=1, max_length=32, seed=3)
+    full = P.causal_few_shot_run(lm, tok, DATA, DATA, None, **kw)
+    short = P.causal_few_shot_run(lm, tok, DATA, DATA, None, patience=1, **kw)
+    dev = [h[2] for h in full["history"]]
+    stop = next((i + 1 for i in range(1, len(dev)) if dev[i] <= max(dev[:i])), len(dev))
+    assert full["steps_run"] == 10 and short["steps_run"] == stop
+    assert short["history"] == full["history"][:stop]
+    rows = P.causal_placement_runs(lm, tok, {3: DATA}, DATA, DATA, {"suffix": (0, 2)}, fraction=1.0,
+                                   lr=0.05, steps=10, batch_size=4, eval_every=1, max_length=32, patience=1)
+    assert rows[0]["steps_run"] <= 10 and "steps_run" in rows[0]

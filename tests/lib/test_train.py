@@ -177,3 +177,68 @@ def test_fit_equals_a_hand_written_loop_and_restores_the_best_dev_step():
     assert out2["best_step"] == 5
     with pytest.raises(ValueError, match="optimizer or a learning rate"):
         T.fit([w2], None, 1, steps=1, batch_size=1, evaluate=None, eval_every=1)
+
+
+def slow_fit_patience(w0, X, y, steps, batch, lr, eval_every, seed, patience):
+    """The hand-written loop with early stopping: after each evaluation count the evaluations in a
+    row that did not beat the best; stop when that count reaches ``patience``."""
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    rng = np.random.default_rng(seed)
+    order, evals = [], []
+    best, best_w, best_step, last = -np.inf, None, 0, 0
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order += rng.permutation(len(X)).tolist()
+        idx, order = order[:batch], order[batch:]
+        loss = ((X[idx] @ w - y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        last = step
+        if step % eval_every == 0 or step == steps:
+            score = -((X @ w - y) ** 2).mean().item()
+            evals.append(score)
+            if score > best:
+                best, best_w, best_step = score, w.detach().clone(), step
+            if len(evals) >= patience and all(s <= max([-np.inf] + evals[:-patience]) for s in evals[-patience:]):
+                break
+    return best, best_w, best_step, last, len(evals)
+
+
+@pytest.mark.parametrize("patience,lr", [(1, 0.3), (2, 0.3), (3, 1.5), (2, 0.02)])
+def test_fit_patience_equals_a_hand_written_early_stopping_loop(patience, lr):
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(41, 3, generator=g), torch.randn(41, generator=g)
+    w0 = 3 * torch.randn(3, generator=g)
+    w = w0.clone().requires_grad_(True)
+    out = T.fit([w], lambda idx, rng: ((X[idx] @ w - y[idx]) ** 2).mean(), len(X), steps=200,
+                batch_size=8, lr=lr, evaluate=lambda: -((X @ w - y) ** 2).mean().item(), eval_every=3,
+                seed=2, patience=patience)
+    best, best_w, best_step, last, n_evals = slow_fit_patience(w0, X, y, 200, 8, lr, 3, 2, patience)
+    assert (out["best_dev"], out["best_step"], out["steps_run"]) == (best, best_step, last)
+    assert len(out["history"]) == n_evals
+    assert torch.equal(w.detach(), best_w)
+    # it stopped because of patience (or at the cap), never earlier than patience evaluations after the best
+    assert last == 200 or last >= best_step + patience * 3 - 2
+
+
+def test_fit_default_and_unreached_patience_are_bit_identical_to_no_early_stopping():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(37, 3, generator=g), torch.randn(37, generator=g)
+    w0 = torch.randn(3, generator=g)
+    outs, ws = [], []
+    for kw in ({}, {"patience": None}, {"patience": 10_000}):
+        w = w0.clone().requires_grad_(True)
+        outs.append(T.fit([w], lambda idx, rng: ((X[idx] @ w - y[idx]) ** 2).mean(), len(X), steps=23,
+                          batch_size=8, lr=0.3, evaluate=lambda: -((X @ w - y) ** 2).mean().item(),
+                          eval_every=5, seed=4, **kw))
+        ws.append(w.detach().clone())
+    best, best_w, best_step = slow_fit(w0, X, y, 23, 8, 0.3, 5, 4)
+    for out, w in zip(outs, ws):
+        assert (out["best_dev"], out["best_step"], out["steps_run"]) == (best, best_step, 23)
+        assert out["history"] == outs[0]["history"]
+        assert torch.equal(w, best_w)
+    with pytest.raises(ValueError, match="patience"):
+        T.fit([w0.clone().requires_grad_(True)], None, 1, steps=1, batch_size=1, lr=0.1, evaluate=None,
+              eval_every=1, patience=0)
