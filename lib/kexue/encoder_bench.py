@@ -47,28 +47,75 @@ def sts_rows(encoder, train, evals: dict, *, whiten: bool = True, shrinkage=None
     return out
 
 
-def cosent_seeds(make_encoder, train, evals: dict, seeds, *, finetune=None, **ft) -> dict:
-    """Per-seed STS-B Spearman after a CoSENT fine-tune: for each seed, ``make_encoder(seed)`` gives
-    a fresh encoder, ``finetune(encoder, s1, s2, y, seed=seed, **ft)`` trains it in place (default
-    :func:`kexue.sentemb.cosent_finetune` on ``torch_module()`` and ``tokenizer``), then each split
-    of ``evals`` is scored. Returns {split: [rho per seed]} (https://kexue.fm/archives/8847)."""
-    if finetune is None:
+def _default_finetune(dev):
+    if dev is None:
         def finetune(enc, s1, s2, y, seed, **kw):
             return sentemb.cosent_finetune(enc.torch_module(), enc.tokenizer, s1, s2, y, seed=seed, **kw)
+    else:
+        def finetune(enc, s1, s2, y, seed, dev, **kw):
+            return sentemb.cosent_fit(enc.torch_module(), enc.tokenizer, (s1, s2, y), dev, seed=seed, **kw)
+    return finetune
+
+
+def _eval_mode(enc) -> None:
+    mod = getattr(enc, "torch_module", None)
+    try:
+        m = mod() if mod else None
+        if m is not None and hasattr(m, "eval"):
+            m.eval()
+    except NotImplementedError:
+        pass
+
+
+def cosent_seeds(make_encoder, train, evals: dict, seeds, *, finetune=None, dev=None, details=None,
+                 **ft) -> dict:
+    """Per-seed STS-B Spearman after a CoSENT fine-tune: for each seed, ``make_encoder(seed)`` gives
+    a fresh encoder, ``finetune(encoder, s1, s2, y, seed=seed, **ft)`` trains it in place, then each
+    split of ``evals`` is scored. Without ``dev`` the default is :func:`kexue.sentemb.cosent_finetune`
+    (a fixed number of epochs); with ``dev`` (pairs held out of ``train``) it is
+    :func:`kexue.sentemb.cosent_fit`, early-stopped on dev, and ``finetune`` receives
+    ``dev=(d1, d2, dy)``. What ``finetune`` returns is appended to ``details`` when that is a list.
+    Returns {split: [rho per seed]} (https://kexue.fm/archives/8847)."""
+    finetune = finetune or _default_finetune(dev)
+    if dev is not None:
+        ft = {**ft, "dev": tuple(list(t) for t in zip(*dev))}
     s1, s2, y = (list(t) for t in zip(*train))
     out = {k: [] for k in evals}
     for seed in seeds:
         enc = make_encoder(seed)
-        finetune(enc, s1, s2, np.asarray(y, float), seed=seed, **ft)
-        mod = getattr(enc, "torch_module", None)
-        try:
-            m = mod() if mod else None
-            if m is not None and hasattr(m, "eval"):
-                m.eval()
-        except NotImplementedError:
-            pass
+        got = finetune(enc, s1, s2, np.asarray(y, float), seed=seed, **ft)
+        if isinstance(details, list):
+            details.append(got)
+        _eval_mode(enc)
         for k, v in evals.items():
             out[k].append(sts_spearman(enc, v))
+    return out
+
+
+def cosent_choose_lr(make_encoder, train, dev, lr_grid, *, seed: int, evals=None, finetune=None, **ft) -> dict:
+    """The CoSENT learning rate with the best early-stopped dev Spearman (the first of equal
+    scores), one run per rate from a fresh ``make_encoder(seed)``; the chosen rate is then used for
+    every seed (``../CHAPTER.md``). Returns ``{lr, dev: {lr: best dev}, best_step: {lr: step},
+    details}`` (``details``: what the chosen run's fine-tune returned) and, with ``evals``,
+    ``scores: {split: rho}`` of the chosen run, which is the run :func:`cosent_seeds` would make for
+    ``seed`` at that rate."""
+    if not lr_grid:
+        raise ValueError("cosent_choose_lr needs a non-empty lr_grid")
+    finetune = finetune or _default_finetune(dev)
+    d = tuple(list(t) for t in zip(*dev))
+    s1, s2, y = (list(t) for t in zip(*train))
+    scores, steps, best = {}, {}, None
+    for lr in lr_grid:
+        enc = make_encoder(seed)
+        got = finetune(enc, s1, s2, np.asarray(y, float), seed=seed, dev=d, lr=lr, **ft)
+        scores[lr], steps[lr] = float(got["best_dev"]), int(got["best_step"])
+        if best is None or scores[lr] > scores[best[0]]:
+            best = (lr, enc, got)
+        del enc
+    out = {"lr": best[0], "dev": scores, "best_step": steps, "details": best[2]}
+    if evals is not None:
+        _eval_mode(best[1])
+        out["scores"] = {k: sts_spearman(best[1], v) for k, v in evals.items()}
     return out
 
 
@@ -116,6 +163,22 @@ def labelled_subset(rows, n: int, seed: int = 0) -> list:
         return list(rows)
     idx = np.sort(np.random.default_rng(seed).choice(len(rows), n, replace=False))
     return [rows[i] for i in idx]
+
+
+def disjoint_subsets(rows, sizes, seed: int = 0) -> list[list]:
+    """Disjoint random subsets of ``rows`` of the given ``sizes`` (``None``: all rows left), drawn
+    from one seeded permutation and each kept in original order; e.g. a CoSENT dev set and its
+    training pairs from STS-B train. Raises when the sizes add up to more than ``len(rows)``."""
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    fixed = sum(n for n in sizes if n is not None)
+    if fixed > len(rows) or sum(n is None for n in sizes) > 1:
+        raise ValueError(f"disjoint_subsets: sizes {sizes} do not fit {len(rows)} rows (at most one None)")
+    out, at = [], 0
+    for n in sizes:
+        n = len(rows) - fixed if n is None else n
+        out.append([rows[i] for i in np.sort(perm[at:at + n])])
+        at += n
+    return out
 
 
 def findings(table: dict, controls: dict, digits: int = 3) -> list[str]:

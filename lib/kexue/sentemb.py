@@ -134,6 +134,66 @@ def cosent_loss(cos: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) ->
     return torch.logsumexp(torch.cat([diff.new_zeros(1), diff]), 0)
 
 
+def _cosent_batch_loss(bert, tok, s1, s2, y, idx, *, pooling, max_length, scale):
+    dev = next(bert.parameters()).device
+    vecs = []
+    for side in (s1, s2):
+        enc = tok([side[i] for i in idx], truncation=True, max_length=max_length,
+                  padding=True, return_tensors="pt").to(dev)
+        o = bert(**enc)
+        vecs.append(pool((o[0],), enc["attention_mask"], pooling))
+    cos = torch.nn.functional.cosine_similarity(vecs[0], vecs[1], dim=-1)
+    return cosent_loss(cos, y[idx].to(dev), scale)
+
+
+def pair_spearman(model, tok, s1, s2, scores, *, pooling: str = "mean", max_length: int = 64,
+                  batch_size: int = 256) -> float:
+    """Spearman of cos(u_i, v_i) with ``scores``, each distinct sentence encoded once by
+    :func:`encode` (the dev score of :func:`cosent_fit`)."""
+    uniq = list(dict.fromkeys(list(s1) + list(s2)))
+    pos = {t: i for i, t in enumerate(uniq)}
+    X = encode(model, tok, uniq, pooling=pooling, max_length=max_length, batch_size=batch_size)
+    return float(spearman(cosine(X[[pos[t] for t in s1]], X[[pos[t] for t in s2]]), np.asarray(scores, float)))
+
+
+def cosent_fit(model, tok, train, dev, *, lr: float, steps: int, eval_every: int,
+               patience: int | None = None, batch_size: int = 32, seed: int = 0,
+               pooling: str = "mean", max_length: int = 64, scale: float = 20.0) -> dict:
+    """CoSENT fine-tune of the encoder of ``model`` in place, with early stopping on ``dev``.
+
+    ``train`` and ``dev`` are ``(s1, s2, scores)``. AdamW with constant ``lr`` for at most ``steps``
+    minibatches drawn by :func:`kexue.train.fit` (seeded by ``seed``, which also seeds torch's global
+    generator for dropout); every ``eval_every`` steps the
+    dev Spearman (:func:`pair_spearman`) is taken, training stops after ``patience`` evaluations
+    without a gain, and the best evaluation's weights are restored. Returns fit's
+    ``{best_dev, best_step, history, ...}`` (https://kexue.fm/archives/8847)."""
+    from . import train as _train
+
+    bert = _bert(model)
+    s1, s2, y = list(train[0]), list(train[1]), torch.as_tensor(np.asarray(train[2], dtype=np.float64))
+    if not (len(s1) == len(s2) == len(y)) or len(s1) < 2:
+        raise ValueError(f"cosent_fit needs >= 2 aligned training pairs; got {len(s1)}, {len(s2)}, {len(y)}")
+    d1, d2, dy = (list(t) for t in dev)
+
+    def loss_on(idx, rng):
+        return _cosent_batch_loss(bert, tok, s1, s2, y, idx, pooling=pooling, max_length=max_length, scale=scale)
+
+    def evaluate():
+        score = pair_spearman(bert, tok, d1, d2, dy, pooling=pooling, max_length=max_length)
+        bert.train()
+        return score
+
+    params = [p for p in bert.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    torch.manual_seed(seed)  # dropout: the same seed gives the same run
+    bert.train()
+    kw = {} if patience is None else {"patience": patience}
+    out = _train.fit(params, loss_on, len(s1), steps=steps, batch_size=batch_size, evaluate=evaluate,
+                     eval_every=eval_every, optimizer=opt, seed=seed, **kw)
+    model.eval()
+    return out
+
+
 def cosent_finetune(model, tok, s1: list[str], s2: list[str], scores, *, epochs: int = 1,
                     batch_size: int = 32, lr: float = 2e-5, seed: int = 0, pooling: str = "mean",
                     max_length: int = 64, scale: float = 20.0) -> list[float]:
@@ -145,20 +205,13 @@ def cosent_finetune(model, tok, s1: list[str], s2: list[str], scores, *, epochs:
     opt = torch.optim.AdamW(bert.parameters(), lr=lr)
     y = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     rng = np.random.default_rng(seed)
-    dev = next(bert.parameters()).device
     losses = []
     for _ in range(epochs):
         perm = rng.permutation(len(s1))
         for s in range(0, len(perm), batch_size):
             idx = perm[s:s + batch_size]
-            vecs = []
-            for side in (s1, s2):
-                enc = tok([side[i] for i in idx], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt").to(dev)
-                o = bert(**enc)
-                vecs.append(pool((o[0],), enc["attention_mask"], pooling))
-            cos = torch.nn.functional.cosine_similarity(vecs[0], vecs[1], dim=-1)
-            loss = cosent_loss(cos, y[idx].to(dev), scale)
+            loss = _cosent_batch_loss(bert, tok, s1, s2, y, idx, pooling=pooling,
+                                      max_length=max_length, scale=scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -162,3 +162,48 @@ def test_findings_and_best_above_controls():
     assert "no encoder beats" in lines[1]
     assert eb.best_above_controls(table, "t", ["ctl", "rnd"]) == "a"
     assert eb.best_above_controls(table, "u", ["ctl"]) is None
+
+
+def test_cosent_seeds_with_dev_passes_dev_and_keeps_details():
+    seen, info = [], []
+    def finetune(enc, s1, s2, y, seed, dev, lr):
+        seen.append((seed, len(dev[0]), lr))
+        enc.trained += 1
+        return {"best_dev": 0.1 * seed, "best_step": seed}
+    out = eb.cosent_seeds(HashEncoder, TRAIN, {"valid": PAIRS}, [0, 1], finetune=finetune,
+                          dev=PAIRS[:4], details=info, lr=0.5)
+    assert seen == [(0, 4, 0.5), (1, 4, 0.5)] and [d["best_step"] for d in info] == [0, 1]
+    assert len(out["valid"]) == 2
+
+
+def test_cosent_choose_lr_picks_the_best_dev_first_of_ties():
+    table = {1e-5: 0.3, 3e-5: 0.5, 1e-4: 0.5}
+    def finetune(enc, s1, s2, y, seed, dev, lr):
+        return {"best_dev": table[lr], "best_step": int(lr * 1e5)}
+    got = eb.cosent_choose_lr(HashEncoder, TRAIN, PAIRS[:4], [1e-5, 3e-5, 1e-4], seed=7, finetune=finetune)
+    assert got["lr"] == 3e-5 and got["dev"] == table and got["best_step"][1e-4] == 10
+    with pytest.raises(ValueError):
+        eb.cosent_choose_lr(HashEncoder, TRAIN, PAIRS[:4], [], seed=0, finetune=finetune)
+
+
+def test_disjoint_subsets_are_disjoint_random_and_ordered():
+    rows = [(f"s{i}", i) for i in range(50)]
+    a, b, c = eb.disjoint_subsets(rows, [10, 15, None], seed=3)
+    assert (len(a), len(b), len(c)) == (10, 15, 25)
+    keys = [r[1] for r in a + b + c]
+    assert sorted(keys) == list(range(50))
+    assert all(x == sorted(x, key=lambda r: r[1]) for x in (a, b, c))
+    assert [r[1] for r in a] != list(range(10))  # random, not the first rows
+    assert eb.disjoint_subsets(rows, [10, 15, None], seed=3) == [a, b, c]
+    with pytest.raises(ValueError):
+        eb.disjoint_subsets(rows, [40, 20])
+
+
+def test_cosent_choose_lr_scores_the_chosen_run_like_cosent_seeds():
+    def finetune(enc, s1, s2, y, seed, dev, lr):
+        enc.trained += int(lr * 10)
+        return {"best_dev": -abs(lr - 0.2), "best_step": 1}
+    got = eb.cosent_choose_lr(HashEncoder, TRAIN, PAIRS[:4], [0.1, 0.2, 0.3], seed=5, finetune=finetune,
+                              evals={"valid": PAIRS})
+    again = eb.cosent_seeds(HashEncoder, TRAIN, {"valid": PAIRS}, [5], finetune=finetune, dev=PAIRS[:4], lr=0.2)
+    assert got["lr"] == 0.2 and got["scores"]["valid"] == pytest.approx(again["valid"][0])

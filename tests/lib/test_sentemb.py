@@ -123,3 +123,58 @@ def test_cosent_finetune_lowers_the_loss(model_tok):
     losses = sentemb.cosent_finetune(m, tok, S1, S2, Y, epochs=12, batch_size=5, lr=1e-3)
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.7 * losses[0]
     assert not m.training
+
+
+def test_pair_spearman_matches_per_sentence_loop(model_tok):
+    from scipy.stats import spearmanr
+    m, tok = model_tok
+    cos = []
+    for a, b in zip(S1, S2):
+        u, v = (sentemb.encode(m, tok, [s])[0] for s in (a, b))
+        cos.append(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+    assert sentemb.pair_spearman(m, tok, S1, S2, Y, batch_size=2) == pytest.approx(spearmanr(cos, Y)[0], abs=1e-12)
+
+
+def test_cosent_fit_restores_the_best_dev_weights(model_tok):
+    m, tok = model_tok
+    m = bert_zh.random_init_like(m, seed=1)
+    dev = (S2, S1, Y)
+    out = sentemb.cosent_fit(m, tok, (S1, S2, Y), dev, lr=1e-3, steps=9, eval_every=3, batch_size=3, seed=0)
+    steps = [h[0] for h in out["history"]]
+    assert steps == [3, 6, 9]
+    best = max(out["history"], key=lambda h: h[2])  # first of equal scores
+    assert out["best_step"] == best[0] and out["best_dev"] == best[2]
+    assert sentemb.pair_spearman(m, tok, *dev) == pytest.approx(out["best_dev"], abs=1e-12)
+    assert not m.training
+    with pytest.raises(ValueError, match="aligned"):
+        sentemb.cosent_fit(m, tok, (S1, S2[:3], Y), dev, lr=1e-3, steps=2, eval_every=1)
+
+
+def test_cosent_fit_first_loss_is_the_cosent_loss_of_its_first_batch(model_tok):
+    m, tok = model_tok
+    m = bert_zh.random_init_like(m, seed=2)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    out = sentemb.cosent_fit(m, tok, (S1, S2, Y), (S1, S2, Y), lr=0.0, steps=1, eval_every=1, batch_size=5, seed=3)
+    m.load_state_dict(before)
+    idx = np.random.default_rng(3).permutation(5).tolist()
+    m.train()
+    vec = [m.bert(**tok([side[i] for i in idx], padding=True, return_tensors="pt"))[0] for side in (S1, S2)]
+    masks = [tok([side[i] for i in idx], padding=True, return_tensors="pt")["attention_mask"] for side in (S1, S2)]
+    pooled = [(v * mk[..., None]).sum(1) / mk.sum(1, keepdim=True) for v, mk in zip(vec, masks)]
+    cos = torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=-1)
+    ref = sentemb.cosent_loss(cos, torch.tensor([Y[i] for i in idx], dtype=torch.float64))
+    assert out["history"][0][1] == pytest.approx(ref.item(), rel=1e-9)
+
+
+def test_cosent_fit_same_seed_same_run_with_dropout(model_tok, char_tokenizer):
+    m, tok = model_tok
+    cfg = bert_zh.config(m.config.vocab_size, num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                         intermediate_size=32, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.0)
+    runs = []
+    for _ in range(2):
+        mm = bert_zh.build_model(cfg, 0).double()
+        torch.manual_seed(123 + len(runs))  # a different global state before each run
+        out = sentemb.cosent_fit(mm, tok, (S1, S2, Y), (S1, S2, Y), lr=1e-2, steps=4, eval_every=2,
+                                 batch_size=3, seed=4)
+        runs.append((out["history"], mm.bert.embeddings.word_embeddings.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
