@@ -683,6 +683,19 @@ def card_section(bench: dict, sts: dict | None, json_name: str = "finetune.json"
         sent.append(f"on {task} the shipped weights {words[vr]} random init and {words[vc]} the char-bag model")
     L += ["What the numbers show (chosen by whether each 90 % interval lies above or below zero): "
           + "; ".join(sent) + ".", ""]
+    late = []
+    for name, t in bench["tasks"].items():
+        cap = cfg["tasks"][name]["steps"]
+        for arm in ("shipped", "random_init"):
+            rs = t[arm]["runs"]
+            k = sum(r["best_step"] == r["steps_run"] == cap for r in rs)
+            if k:
+                late.append(f"{name} {arm.replace('_', ' ')} {k} of {len(rs)}")
+    if late:
+        L += ["Convergence: runs whose best dev score came at the step cap (they had not stopped improving, so "
+              "these numbers are for a fixed budget, and more steps could move them): " + "; ".join(late) + ".", ""]
+    else:
+        L += ["Convergence: every run stopped improving on dev before its step cap.", ""]
     tasks = "; ".join(
         f"{n}: {t['sizes']['train']} train, {t['sizes']['dev']} dev, {t['sizes']['test']} test"
         + (f" sentences ({t['windows']['train']} / {t['windows']['dev']} / {t['windows']['test']} windows of ≤ "

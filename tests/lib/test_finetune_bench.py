@@ -232,6 +232,11 @@ def test_card_section_reads_every_number_from_the_json_and_the_record(tmp_path):
     d = bench["tasks"]["thucnews"]["summary"]["diff_random"]
     assert f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" in text
     assert "not run yet" in text
+    assert "Convergence: every run stopped improving on dev before its step cap." in text
+    late = fake_bench()
+    cap = late["config"]["tasks"]["thucnews"]["steps"]
+    late["tasks"]["thucnews"]["shipped"]["runs"][1].update(best_step=cap, steps_run=cap)
+    assert "at the step cap" in fb.card_section(late, None) and "thucnews shipped 1 of 3" in fb.card_section(late, None)
     assert "did not finish: no numbers yet for reviews, ner" in text   # fake_bench ran one of three tasks
     assert "on THUCNews the shipped weights beat random init and lose to the char-bag model" in text
     rec = {"scale": "full", "started": "2026-12-03", "metrics": {
