@@ -608,6 +608,9 @@ def stsb_row(record_path) -> dict | None:
            "shipped_mean": float(np.mean(a)), "random_init_mean": float(np.mean(b)), "char_overlap": overlap,
            "scale": rec.get("scale"), "started": rec.get("started")}
     row["diff_random"] = list(stats.paired_interval(a, b)) if len(a) == len(b) else None
+    fits = m.get("cosent_fit") or {}
+    row["best_steps"] = {arm: [int(r["best_step"]) for r in fits.get(key) or []]
+                         for arm, key in (("shipped", "bert-zh"), ("random init", "bert-zh-random"))}
     return row
 
 
@@ -681,6 +684,13 @@ def card_section(bench: dict, sts: dict | None, json_name: str = "finetune.json"
     sent = []
     for task, vr, vc in verdicts:
         sent.append(f"on {task} the shipped weights {words[vr]} random init and {words[vc]} the char-bag model")
+    if sts:
+        above = "above" if sts["shipped_mean"] > (sts["char_overlap"] or float("inf")) else "not above"
+        steps = "; ".join(f"{arm} {', '.join(map(str, v))}" for arm, v in sts.get("best_steps", {}).items() if v)
+        sent.append(f"on STS-B with CoSENT the shipped weights {words[_verdict(sts['diff_random'])]} random init "
+                    f"and their mean is {above} the character-overlap score"
+                    + (f" (best dev step per seed: {steps}; the workbench's step cap is in its config table)"
+                       if steps else ""))
     L += ["What the numbers show (chosen by whether each 90 % interval lies above or below zero): "
           + "; ".join(sent) + ".", ""]
     late = []
