@@ -1,5 +1,6 @@
 """Optimisation building blocks shared by the book's parts: learning-rate schedules and optimizer
-parameter groups (later: Lion, Tiger, gradient accumulation folded into momentum).
+parameter groups here; sign-based optimizers (Lion, Tiger) in :mod:`kexue.optim.sign`; gradient
+accumulation folded into momentum in :mod:`kexue.optim.accum`.
 
 - :func:`warmup_linear`: BERT's warm-up then linear decay, as a multiplier for ``LambdaLR``;
 - :func:`adamw_param_groups`: weight decay on matrices only.
