@@ -50,8 +50,11 @@ VERDICTS = ("reproduced", "partly reproduced", "not reproduced", NO_ARTICLE_CLAI
 KINDS = ("article", "extension")
 TESTS = {">=": 1, ">": 1, "<=": 1, "<": 1, "between": 2, "near": 2, "rel_near": 2, "is": 1}
 REGISTERED_FIELDS = ("id", "kind", "statement", "quote", "section", "metric", "test", "control",
-                     "seeds", "fails_if", "threshold", "article_value")
-"""The fields of a claim that come from the registration (and must equal it in the record)."""
+                     "seeds", "fails_if", "threshold", "article_value", "scales")
+"""The fields of a claim that come from the registration (and must equal it in the record).
+``scales`` (optional) lists the scales at which a claim is scored, e.g. ``[large]`` for a claim whose
+experiment does not fit the CPU budget of ``full``; at any other scale the claim is carried in the record
+unscored ("scored at large only") and is left out of the verdict and the counts."""
 REQUIRED_FIELDS = ("id", "kind", "statement", "metric", "test", "control", "seeds", "fails_if",
                    "threshold")
 HAN = "\u4e00-\u9fff"
@@ -182,6 +185,11 @@ def parse_registration(text: str, where: str = "registration") -> list[dict]:
         seen.add(cid)
         if not (isinstance(c["seeds"], int) and c["seeds"] >= 1) and not isinstance(c["seeds"], str):
             raise ValueError(f"{where}: claim {cid}: seeds is a positive int or a description")
+        if c.get("scales") is not None:
+            from . import SCALES
+            sc = c["scales"]
+            if not (isinstance(sc, list) and sc and all(x in SCALES for x in sc)):
+                raise ValueError(f"{where}: claim {cid}: scales is a non-empty list of {SCALES}, got {sc!r}")
         reg = {k: c.get(k) for k in REGISTERED_FIELDS}
         reg["test"] = list(_check_test(c["test"]))
         reg["id"] = str(cid)
@@ -271,12 +279,17 @@ class Claim:
     threshold: str | None = None
     interval: list | None = None
     per_seed: list | None = None
+    scales: list | None = None              # the scales at which it is scored (None: every scale)
+
+    def applies(self, scale: str) -> bool:
+        """Whether this claim is scored at ``scale``."""
+        return self.scales is None or scale in self.scales
 
     def registered(self) -> dict:
         return {"id": self.id, "kind": self.kind, "statement": self.statement, "quote": self.quote,
                 "section": self.section, "metric": self.metric, "test": list(self.test),
                 "control": self.control, "seeds": self.seeds, "fails_if": self.fails_if,
-                "threshold": self.threshold, "article_value": self.article}
+                "threshold": self.threshold, "article_value": self.article, "scales": self.scales}
 
 
 @dataclass
@@ -320,7 +333,7 @@ class Results:
             res.claims[c["id"]] = Claim(
                 c["id"], c["statement"], c["metric"], tuple(c["test"]), c["article_value"],
                 kind=c["kind"], quote=c["quote"], section=c["section"], control=c["control"],
-                seeds=c["seeds"], fails_if=c["fails_if"], threshold=c["threshold"])
+                seeds=c["seeds"], fails_if=c["fails_if"], threshold=c["threshold"], scales=c["scales"])
         return res
 
     def claim(self, id: str, statement: str, *, metric: str, test, article=None) -> Claim:
@@ -345,6 +358,9 @@ class Results:
         if id not in self.claims:
             raise KeyError(f"claim {id} was not declared; declared: {', '.join(self.claims)}")
         c = self.claims[id]
+        if not c.applies(self.scale):
+            raise ValueError(f"claim {id} is registered for scale(s) {', '.join(c.scales)} only; at "
+                             f"{self.scale!r} it stays unscored (test it with `res.scored({id!r})` first)")
         c.value = _jsonable(value)
         v = c.value if not isinstance(c.value, str) else float(c.value)
         held = bool(evaluate_test(c.test, v))
@@ -383,11 +399,16 @@ class Results:
         self.notes.append(text)
 
     # -- verdict ---------------------------------------------------------------------------------
-    def _by_kind(self, kind):
-        return [c for c in self.claims.values() if c.kind == kind]
+    def scored(self, id: str) -> bool:
+        """Whether claim ``id`` is scored at this run's scale (see ``scales`` in the registration)."""
+        return self.claims[id].applies(self.scale)
+
+    def _by_kind(self, kind, deferred: bool = False):
+        """The claims of ``kind`` scored at this scale (``deferred=True``: those that are not)."""
+        return [c for c in self.claims.values() if c.kind == kind and c.applies(self.scale) != deferred]
 
     def verdict(self) -> str:
-        pending = [c.id for c in self.claims.values() if c.held is None]
+        pending = [c.id for c in self.claims.values() if c.held is None and c.applies(self.scale)]
         if pending:
             raise RuntimeError(f"claims without an outcome: {', '.join(pending)}")
         if self.registration is None:  # an old, unregistered chapter: every claim counts
@@ -400,6 +421,9 @@ class Results:
         """Held / tested per kind, and implementation checks passing / run."""
         out = {k: [sum(bool(c.held) for c in self._by_kind(k)), len(self._by_kind(k))] for k in KINDS}
         out["implementation"] = [sum(self.checks.values()), len(self.checks)]
+        deferred = {k: len(self._by_kind(k, deferred=True)) for k in KINDS}
+        if any(deferred.values()):
+            out["not scored at this scale"] = deferred
         return out
 
     # -- display ---------------------------------------------------------------------------------
@@ -434,6 +458,8 @@ class Results:
 
     @staticmethod
     def _outcome(c) -> str:
+        if c.held is None and c.scales:
+            return f"scored at `{'`, `'.join(c.scales)}` only"
         return "—" if c.held is None else ("**held**" if c.held else "**not held**")
 
     def _claim_rows(self, claims):
@@ -456,20 +482,25 @@ class Results:
             return "\n".join(rows)
         n = self.counts()
         parts = []
-        if self._by_kind("article"):
+        arts = [c for c in self.claims.values() if c.kind == "article"]
+        exts = [c for c in self.claims.values() if c.kind == "extension"]
+        if arts:
             parts += ["**Article claims** (the verdict counts these alone)", "",
-                      markdown_table(head, self._claim_rows(self._by_kind("article"))), ""]
-        if self._by_kind("extension"):
+                      markdown_table(head, self._claim_rows(arts)), ""]
+        if exts:
             parts += ["**Extensions** (ours; scored separately, never part of the verdict)", "",
-                      markdown_table(head, self._claim_rows(self._by_kind("extension"))), ""]
+                      markdown_table(head, self._claim_rows(exts)), ""]
         if self.checks:
             parts += [f"**Implementation checks** (code = math; never counted): "
                       f"{n['implementation'][0]} of {n['implementation'][1]} passed: "
                       + "; ".join(f"{k} ({'passed' if v else 'FAILED'})" for k, v in self.checks.items()),
                       ""]
         a, e = n["article"], n["extension"]
+        later = n.get("not scored at this scale", {})
+        later_text = "".join(f"; {later[k]} {k} claim{'s' if later[k] > 1 else ''} registered for another "
+                             "scale, not scored here" for k in KINDS if later.get(k))
         parts.append(f"**Verdict: {self.verdict()}** ({a[0]} of {a[1]} article claims held; "
-                     f"extensions {e[0]} of {e[1]}; scale `{self.scale}`, seed {self.seed}).")
+                     f"extensions {e[0]} of {e[1]}{later_text}; scale `{self.scale}`, seed {self.seed}).")
         return "\n".join(parts)
 
     def show_comparison(self):
@@ -580,12 +611,16 @@ def validate_record(rec: dict, slug: str | None = None, scale: str | None = None
         for key in ("id", "statement", "metric", "test", "value", "held"):
             if key not in c:
                 problems.append(f"claim {c.get('id', '?')} lacks {key!r}")
-        if not isinstance(c.get("held"), bool):
+        deferred = c.get("scales") is not None and rec["scale"] not in c["scales"]
+        if deferred and c.get("held") is not None:
+            problems.append(f"claim {c.get('id', '?')} is registered for {c['scales']} but scored at {rec['scale']!r}")
+        if not deferred and not isinstance(c.get("held"), bool):
             problems.append(f"claim {c.get('id', '?')} has no outcome")
         if registered and c.get("kind") not in KINDS:
             problems.append(f"claim {c.get('id', '?')} has kind {c.get('kind')!r}")
     if not problems:
         counted = [c for c in rec["claims"] if c.get("kind") == "article"] if registered else rec["claims"]
+        counted = [c for c in counted if c.get("held") is not None]
         expect = verdict_of([c["held"] for c in counted])
         if rec["verdict"] != expect:
             problems.append(f"verdict {rec['verdict']!r} does not follow from the claims ({expect!r})")

@@ -34,14 +34,15 @@ class Row:
         """Article claims held / tested (for an old, unregistered record: all its claims)."""
         if not self.record:
             return None
-        claims = [c for c in self.record["claims"] if not self.registered or c.get("kind") == "article"]
+        claims = [c for c in self.record["claims"] if (not self.registered or c.get("kind") == "article")
+                  and c.get("held") is not None]  # a claim registered for another scale is not tested here
         return sum(c["held"] is True for c in claims), len(claims)
 
     @property
     def extensions(self) -> tuple[int, int] | None:
         if not self.registered:
             return None
-        claims = [c for c in self.record["claims"] if c.get("kind") == "extension"]
+        claims = [c for c in self.record["claims"] if c.get("kind") == "extension" and c.get("held") is not None]
         return sum(c["held"] is True for c in claims), len(claims)
 
     @property

@@ -266,3 +266,38 @@ def test_claims_markdown_says_so_when_no_claim_is_registered():
 def test_glue_all_returns_nothing():
     from kexue.results import glue_all
     assert glue_all() is None
+
+
+def test_a_claim_registered_for_large_is_carried_unscored_at_full(tmp_path):
+    """``scales: [large]``: at full the claim is in the record, unscored, outside verdict and counts;
+    at large it is scored like any other; checking it at full is an error."""
+    reg = REG.replace("    threshold: any positive gap (the article gives no number)\n",
+                      "    threshold: any positive gap (the article gives no number)\n    scales: [large]\n")
+    with pytest.raises(ValueError, match="scales is a non-empty list"):
+        parse_registration(reg.replace("scales: [large]", "scales: [huge]"))
+    p = git_repo(tmp_path, reg)
+    res = Results.registered("bert-init-std", scale="full", path=p)
+    assert not res.scored("A1") and res.scored("E1")
+    with pytest.raises(ValueError, match="registered for scale"):
+        res.check("A1", 0.05)
+    res.check("E1", 0.5)
+    res.implementation_check("parity", True)
+    res.compare("q", "s", article="1", ours=1)
+    assert res.verdict() == NO_ARTICLE_CLAIM
+    assert res.counts()["article"] == [0, 0]
+    assert res.counts()["not scored at this scale"] == {"article": 1, "extension": 0}
+    md = res.verdict_markdown()
+    assert "scored at `large` only" in md and "1 article claim registered for another scale" in md
+    rec = res.record()
+    assert rec["claims"][0]["held"] is None and rec["claims"][0]["scales"] == ["large"]
+    assert not validate_record(rec, "bert-init-std", "full")
+    assert not record_matches_registration(rec, reg)
+    bad = json.loads(json.dumps(rec))
+    bad["claims"][0]["held"] = True
+    assert any("registered for ['large'] but scored" in x for x in validate_record(bad))
+    big = Results.registered("bert-init-std", scale="large", path=p)
+    big.check("A1", 0.05, interval=(0.01, 0.09))
+    big.check("E1", 0.5)
+    assert big.verdict() == "reproduced" and big.counts()["article"] == [1, 1]
+    big.compare("q", "s", article="1", ours=1)
+    assert not validate_record(big.record(), "bert-init-std", "large")
