@@ -188,6 +188,11 @@ def gp_inequality_terms(model: nn.Module, x: torch.Tensor, f, y=None, matrix_nor
            "b_lhs": [], "b_rhs": []}
     gtheta2 = torch.zeros_like(gx2)
     bracket = torch.zeros_like(gx2)
+    lhs = torch.zeros_like(gx2)
+    live = gx2 > 0  # ∇_x f = 0 (e.g. J_t = 0 behind dead ReLUs): the left side is 0, not 0 · ∞
+
+    def times_gx2(v):
+        return torch.where(live, gx2 * v, torch.zeros_like(v))
     for lin, h, d, J in zip(linears(model), hs, ds, Js):
         h2, d2 = h.pow(2).sum(1), d.pow(2).sum(1)
         wn = _matrix_norm(lin.weight.detach(), matrix_norm)
@@ -196,14 +201,15 @@ def gp_inequality_terms(model: nn.Module, x: torch.Tensor, f, y=None, matrix_nor
         has_b = lin.bias is not None
         gtheta2 = gtheta2 + d2 * h2 + (d2 if has_b else 0.0)
         bracket = bracket + (h2 + (1.0 if has_b else 0.0)) / denom
+        lhs = lhs + times_gx2((h2 + (1.0 if has_b else 0.0)) / denom)
         out["h2"].append(h2)
         out["W_norm"].append(wn.expand_as(h2))
         out["J_norm"].append(jn)
-        out["w_lhs"].append(gx2 * h2 / denom)
+        out["w_lhs"].append(times_gx2(h2 / denom))
         out["w_rhs"].append(d2 * h2)
-        out["b_lhs"].append(gx2 / denom if has_b else torch.zeros_like(gx2))
+        out["b_lhs"].append(times_gx2(1.0 / denom) if has_b else torch.zeros_like(gx2))
         out["b_rhs"].append(d2 if has_b else torch.zeros_like(gx2))
-    out.update(gtheta2=gtheta2, bracket=bracket, lhs=gx2 * bracket, rhs=gtheta2)
+    out.update(gtheta2=gtheta2, bracket=bracket, lhs=lhs, rhs=gtheta2)
     out["ratio"] = torch.where(out["rhs"] > 0, out["lhs"] / out["rhs"].clamp_min(1e-300),
                                torch.where(out["lhs"] > 0, math.inf, 0.0))
 
