@@ -12,6 +12,12 @@ stream (``trunc_normal_``, ``init_bert_``, ``orthogonal_matrix``, ``mlm_mask``, 
 takes ``generator: torch.Generator``, as ``torch.nn.init`` does; with none it uses torch's global
 stream, seeded by :func:`setup`. Weights are drawn on the CPU and then moved to the device, so a
 seed gives the same model on every machine.
+
+Devices have one rule too. :func:`setup` chooses the device (CUDA when present) and remembers it:
+:func:`current_device`. Every library function that builds a model or its batches takes
+``device=None``, meaning that device (:func:`resolve_device`; an explicit argument wins), and every
+function handed a model follows the model's own device. Before any ``setup`` the current device is
+the CPU, so a test or script that never calls it computes where it always did.
 """
 from __future__ import annotations
 
@@ -88,9 +94,29 @@ def device(prefer: str | None = None) -> str:
     return want
 
 
+_CURRENT_DEVICE: str | None = None
+
+
+def current_device() -> str:
+    """The device the last :func:`setup` chose (``"cuda"`` or ``"cpu"``); ``"cpu"`` before any setup.
+
+    It is what ``device=None`` means throughout the library (:func:`resolve_device`), so a chapter
+    that calls ``setup`` computes on the device its banner and its record name."""
+    return _CURRENT_DEVICE or "cpu"
+
+
+def resolve_device(device=None):
+    """``torch.device(device)``, or the :func:`current_device` when ``device`` is None."""
+    import torch
+
+    return torch.device(current_device() if device is None else device)
+
+
 def setup(seed: int = 0, scale: str | None = None, threads: int | None = None) -> str:
     """Seed Python, NumPy and torch, turn on deterministic algorithms, and print one line:
-    device, torch version, scale and seed. Returns the device. Used by every chapter."""
+    device, torch version, scale and seed. Returns the device, and makes it the library's
+    :func:`current_device`. Used by every chapter."""
+    global _CURRENT_DEVICE
     import numpy as np
     import torch
 
@@ -103,6 +129,7 @@ def setup(seed: int = 0, scale: str | None = None, threads: int | None = None) -
     if threads:
         torch.set_num_threads(threads)
     dev = device()
+    _CURRENT_DEVICE = dev
     name = torch.cuda.get_device_name(0) if dev == "cuda" else f"{torch.get_num_threads()} CPU threads"
     print(f"device {dev} ({name}) · torch {torch.__version__} · kexue {__version__} · "
           f"scale {scale or resolve_scale()} · seed {seed}")

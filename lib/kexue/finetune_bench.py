@@ -462,7 +462,7 @@ def run_benchmark(cfg: dict | None = None, *, bert_path=None, log=print, pilot: 
         return copy.deepcopy(shipped).train()
 
     def make_random(seed):
-        return bert_zh.build_model(shipped.config, seed).train()
+        return bert_zh.build_model(shipped.config, seed).to(next(shipped.parameters()).device).train()
 
     out = {"config": cfg, "fit_patience": fit_has_patience(), "tasks": {}}
     for name, tcfg in cfg["tasks"].items():

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import current_device, resolve_device
+
 GAN_KINDS = ("wgan_gp", "ctransform", "wgan_div", "sn_gan", "gan")
 GAN_NAMES = {"wgan_gp": "WGAN-GP", "ctransform": "c-transform WGAN", "wgan_div": "WGAN-div (zero-centred)",
              "sn_gan": "GAN + spectral norm", "gan": "GAN (no constraint)"}
@@ -199,13 +201,13 @@ def train_gan(kind: str, X, *, steps: int, batch_size: int = 64, z_dim: int = 32
     Every ``eval_every`` steps logs the critic's estimate (:func:`critic_estimate`) and the exact W1
     (:func:`exact_w1`) between a fresh batch of ``eval_real`` and one of generated samples
     (``eval_batch`` each). Returns ``{"G", "D", "log", "seconds", "step_seconds"}``. Models and
-    batches live on ``device`` (default: the CPU); the data batches are drawn by CPU generators, so
+    batches live on ``device`` (default: :func:`kexue.current_device`); the data batches are drawn by CPU generators, so
     they are the same on every device.
     Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     if kind not in GAN_KINDS:
         raise ValueError(f"unknown GAN kind {kind!r}: use one of {GAN_KINDS}")
     torch.manual_seed(seed)
-    device = torch.device("cpu" if device is None else device)
+    device = resolve_device(device)
     X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1).to(device)
     Xe = X if eval_real is None else torch.as_tensor(np.asarray(eval_real, np.float32)).flatten(1).to(device)
     dim = X.shape[1]
@@ -277,6 +279,8 @@ def train_gans(runs: list[dict], X, *, workers: int = 1, **shared) -> list[dict]
     process with one thread. Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     from .parallel import run_many
 
+    if not any("device" in kw for kw in runs):   # workers never ran setup: name the device for them
+        shared.setdefault("device", current_device())
     if workers == 1:
         return [train_gan(X=X, **shared, **kw) for kw in runs]
     outs = run_many(_train_gan_portable, runs, workers=workers, shared={"X": X, **shared})
@@ -370,9 +374,9 @@ class FeatureClassifier(nn.Module):
 def train_feature_classifier(X, y, *, epochs: int, feat_dim: int = 64, lr: float = 1e-3,
                              batch_size: int = 128, seed: int = 0, device=None) -> FeatureClassifier:
     """Train :class:`FeatureClassifier` with Adam and cross-entropy on (X, y) (the training split only),
-    on ``device`` (default: the CPU). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
+    on ``device`` (default: :func:`kexue.current_device`). Chapter wgan-critique (https://kexue.fm/archives/8244)."""
     torch.manual_seed(seed)
-    device = torch.device("cpu" if device is None else device)
+    device = resolve_device(device)
     X = torch.as_tensor(np.asarray(X, np.float32)).flatten(1).to(device)
     y = torch.as_tensor(np.asarray(y, np.int64)).to(device)
     model = FeatureClassifier(X.shape[1], feat_dim).to(device)

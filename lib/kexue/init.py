@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from . import resolve_device
+
 FAN_MODES = ("fan_in", "fan_out", "arith", "geo", "quad")
 
 
@@ -115,12 +117,12 @@ def run_mlm_ffn_rule(corpus, *, mode: str, n_layers: int, d: int, heads: int, ff
                      seq_len: int, seed: int = 0, gain: float = 1.0, norm: str = "post",
                      device=None, **train_kw) -> dict:
     """Build :func:`build_mlm_ffn_rule` for ``corpus`` (vocabulary = its tokens + [MASK]), move it to
-    ``device`` and train it with :func:`kexue.mlm.train_mlm` (AdamW, BERT's warm-up schedule, data
+    ``device`` (default :func:`kexue.current_device`) and train it with :func:`kexue.mlm.train_mlm` (AdamW, BERT's warm-up schedule, data
     stream and masks from ``seed``); returns that result (https://kexue.fm/archives/8725, chapter
     ``xavier-averaging``)."""
     from .mlm import train_mlm
 
     model = build_mlm_ffn_rule(corpus.vocab + 1, mode=mode, n_layers=n_layers, d=d, heads=heads,
                                ffn=ffn, seq_len=seq_len, seed=seed, gain=gain, norm=norm)
-    model.to(device)
+    model.to(resolve_device(device))
     return train_mlm(model, corpus, seq_len=seq_len, seed=seed, **train_kw)

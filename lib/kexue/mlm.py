@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import current_device, resolve_device
 from .bert.objective import IGNORE, mask_tokens
 from .optim import adamw_param_groups, warmup_linear  # noqa: F401 (kexue.mlm's API)
 
@@ -315,7 +316,7 @@ def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int
             trunc: bool = True, seed: int = 0, device=None, **train_kw) -> dict:
     """Build a :class:`~kexue.transformer.BertMLM` (vocabulary = corpus tokens + [MASK]),
     initialise it with :func:`~kexue.transformer.init_bert_` from ``seed`` (on the CPU, so the same
-    weights on every device), move it to ``device`` (default CPU), train it with
+    weights on every device), move it to ``device`` (default: :func:`kexue.current_device`), train it with
     :func:`train_mlm` and return that result plus ``gammas`` (mean LN γ per LN) and
     ``gamma_ratio`` (:func:`last_ln_gamma_ratio`) (https://kexue.fm/archives/8747, chapter
     ``bert-init-std``)."""
@@ -325,7 +326,7 @@ def run_mlm(corpus: MarkovCorpus, *, n_layers: int, d: int, heads: int, ffn: int
     model = BertMLM(corpus.vocab + 1, n_layers, d, heads, ffn, max_len=seq_len, norm=norm,
                     head_transform=head_transform)
     init_bert_(model, init_std, trunc, generator=torch.Generator().manual_seed(seed))
-    model.to(device)
+    model.to(resolve_device(device))
     out = train_mlm(model, corpus, seq_len=seq_len, seed=seed, **train_kw)
     out["gammas"] = model.layer_norm_gammas()
     out["gamma_ratio"] = last_ln_gamma_ratio(out["gammas"])
@@ -337,7 +338,11 @@ def run_mlm_many(corpus: MarkovCorpus, runs: list[dict], *, workers: int = 1) ->
     go to that many fresh processes with one torch thread each (on a small CPU several one-thread
     runs side by side finish sooner than one multi-threaded run after another; each run is seeded
     by its own ``seed``, so the outcome does not depend on which process runs it). Use
-    ``workers=1`` on a GPU (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    ``workers=1`` on a GPU (https://kexue.fm/archives/8747, chapter ``bert-init-std``). A run
+    that names no ``device`` gets :func:`kexue.current_device` here, so worker processes (which
+    never ran ``setup``) compute where this process would."""
     from .parallel import run_many
+
+    runs = [{"device": current_device(), **kw} for kw in runs]
 
     return run_many(run_mlm, runs, workers=workers, shared={"corpus": corpus})

@@ -296,7 +296,8 @@ def build_training(tok, cfg: PretrainConfig):
     (BERT's weight-decay groups, betas (0.9, 0.999), eps 1e-6)."""
     mcfg = bert_zh.config(len(tok.get_vocab()), hidden_dropout_prob=cfg.dropout,
                           attention_probs_dropout_prob=cfg.dropout, **cfg.model)
-    model = bert_zh.build_model(mcfg, cfg.seed)
+    from . import resolve_device
+    model = bert_zh.build_model(mcfg, cfg.seed).to(resolve_device(None))   # weights drawn on the CPU, then moved
     model.train()
     return mcfg, model, build_optimizer(model, cfg)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import resolve_device
 from .init import FAN_MODES, fan_average, init_dense_
 
 ACTIVATIONS = {"linear": nn.Identity, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -156,9 +157,10 @@ def monte_carlo_gains(build, d_in: int, *, batch: int, repeats: int, seed: int =
     """Forward and backward gains over ``repeats`` fresh draws of weights, inputs and output gradients.
 
     ``build(generator)`` returns a new module; inputs are N(0, 1) of width ``d_in``. Everything is
-    drawn on the CPU generator and computed on ``device`` (default CPU). Returns arrays
+    drawn on the CPU generator and computed on ``device`` (default: the current device). Returns arrays
     ``forward`` and ``backward`` of one gain per draw (https://kexue.fm/archives/8725, chapter
     ``xavier-averaging``)."""
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     fwd, bwd = [], []
     for _ in range(repeats):
@@ -199,10 +201,11 @@ def profile_over_draws(widths: list[int], act: str, mode: str, *, batch: int, re
                        seed: int = 0, device=None) -> dict:
     """``moment_profile`` of ``alternating_mlp(widths, act, mode, bias=False)`` over ``repeats``
     independent draws of weights, N(0, 1) inputs and N(0, 1) output gradients (drawn on the CPU
-    generator, computed on ``device``, default CPU).
+    generator, computed on ``device``, default: the current device).
 
     Returns arrays ``forward`` and ``backward`` of shape (repeats, L+1)
     (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     fwd, bwd = [], []
     for _ in range(repeats):
@@ -261,6 +264,8 @@ def train_early_stopped(model: nn.Module, data: dict, *, lr: float, steps: int, 
     from .train import accuracy, fit
 
     t0 = time.perf_counter()
+    dev = next(model.parameters()).device   # the batches follow the model (a no-op when they are there)
+    data = {k: v.to(dev) for k, v in data.items()}
     X, y = data["X_train"], data["y_train"]
     init_acc = accuracy(model, data["X_test"], data["y_test"])
 
@@ -290,7 +295,7 @@ def rule_lr_grid(widths: list[int], act: str, rules, data: dict, *, lrs, seeds, 
         for lr in lrs:
             for s in seeds:
                 model = alternating_mlp(widths, act, rule, gain=gain, io_mode=io_mode,
-                                        generator=torch.Generator().manual_seed(s)).to(device)
+                                        generator=torch.Generator().manual_seed(s)).to(resolve_device(device))
                 r = train_early_stopped(model, data, lr=lr, seed=s, **train_kw)
                 out[rule].append({"lr": lr, "seed": s, **r})
     return out

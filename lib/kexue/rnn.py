@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import resolve_device
+
 GATES = {"tanh": 1, "relu": 1, "irnn": 1, "lstm": 4, "gru": 3, "gru_merged": 2, "sugru": 3}
 """Number of H-blocks in W, U, b for each cell kind."""
 KINDS = tuple(GATES)
@@ -114,8 +116,9 @@ def gradient_norms_through_time(act: str, rho: float, *, hidden: int = 64, T: in
     """log10 ‖∂h_t/∂h_0‖₂, t = 1..T, of simple RNNs with U = ρ·Q (Q Haar orthogonal), W with
     Var = 1/hidden, zero bias, N(0, 1) inputs and h_0 = 0, for ``draws`` independent draws of
     (Q, W, inputs): an array (draws, T). The same seed gives the same Q, W and inputs for tanh
-    and ReLU and every ρ; they are drawn on the CPU and computed on ``device`` (default CPU)
+    and ReLU and every ρ; they are drawn on the CPU and computed on ``device`` (default: the current device)
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    device = resolve_device(device)
     Q, u, _ = _simple_rnn_draws(hidden, T, draws, seed)
     u = u.to(device)
     h0 = torch.zeros(draws, hidden, dtype=torch.float64, device=u.device)
@@ -338,6 +341,7 @@ def long_range_norms(kind: str, T: int, checkpoints, *, hidden: int = 64, draws:
     trained cells (one per row) with ``inputs(gen, T)`` drawing their inputs (T, d_in). Drawn on the
     CPU, computed on ``device`` ("几千上万步", https://kexue.fm/archives/7888, chapter
     ``rnn-gradients``)."""
+    device = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     n = len(params) if params is not None else draws
@@ -370,6 +374,7 @@ def weight_gradient_contributions(act: str, rho: float, *, hidden: int = 64, T: 
     "early": ‖Σ_{t ≤ split} ∂L/∂U_t‖_F and "late": ‖Σ_{t > split} ∂L/∂U_t‖_F (draws,)}, with
     ``split`` = T // 2 by default ("不意味着总的梯度就为0了", https://kexue.fm/archives/7888,
     chapter ``rnn-gradients``)."""
+    device = resolve_device(device)
     split = T // 2 if split is None else int(split)
     if not 0 < split < T:
         raise ValueError(f"split must lie in 1..{T - 1}; got {split}")
@@ -433,6 +438,7 @@ def jacobian_table(kinds, scales, *, hidden: int = 64, T: int = 50, draws: int =
     "norm": (draws, T), "dominant_mean": float}}. Draw i of every scale is the same draw rescaled;
     every kind's first draw sees the same inputs. Drawn on the CPU, computed on ``device``
     (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    device = resolve_device(device)
     out = {}
     for kind in kinds:
         for s in scales:
@@ -609,7 +615,8 @@ def train_adding(kind: str, T: int, *, members: int = 3, hidden: int = 128, step
     "eval_mse" (n_evals, E), "train_mse" (steps, E), "seconds", "diverged" (E,), "params" (the
     trained cell parameters on the CPU; :func:`member_params` picks one member)}; a member whose loss turns non-finite is marked diverged and its later losses
     are NaN. Data are drawn on the CPU (the same stream on every device); the model and the batches
-    live on ``device`` (default CPU) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    live on ``device`` (default: the current device) (https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    device = resolve_device(device)
     import time
 
     torch.manual_seed(seed)

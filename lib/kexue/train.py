@@ -50,6 +50,9 @@ def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows whose arg-max logit is the label. Non-finite logits (a diverged model)
     count as wrong. Used by ``train_classifier`` (chapter ``xavier-averaging``,
     https://kexue.fm/archives/8725)."""
+    p = next(model.parameters(), None)      # the batch follows the model (a no-op when it is there)
+    if p is not None:
+        X, y = X.to(p.device), y.to(p.device)
     logits = model(X)
     ok = torch.isfinite(logits).all(dim=1) & (logits.argmax(dim=1) == y)
     return ok.float().mean().item()
@@ -79,7 +82,8 @@ def train_classifier(model: nn.Module, data: dict, *, lr: float, epochs: int, ba
     Deterministic for a given model, data and seed on one machine
     (https://kexue.fm/archives/8725, chapter ``xavier-averaging``)."""
     t0 = time.perf_counter()
-    X, y = data["X_train"], data["y_train"]
+    dev = next(model.parameters()).device   # the data follow the model (a no-op when they are there)
+    X, y = data["X_train"].to(dev), data["y_train"].to(dev)
     gen = torch.Generator().manual_seed(seed)
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -96,7 +100,7 @@ def train_classifier(model: nn.Module, data: dict, *, lr: float, epochs: int, ba
         order = torch.randperm(len(X), generator=gen)
         total, count = 0.0, 0
         for start in range(0, len(X), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start:start + batch_size].to(dev)
             loss = loss_fn(model(X[idx]), y[idx])
             if not torch.isfinite(loss):
                 res.diverged = True

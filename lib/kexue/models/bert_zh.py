@@ -224,7 +224,7 @@ def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, device=
     model id, which goes through the same ``from_pretrained`` where a network exists. A local folder's
     ``sha256`` file is verified first. Missing weights raise :class:`MissingWeightsError` naming the
     folder they ship in (:func:`missing_weights_message`). ``device`` (e.g. the one :func:`kexue.setup` returns): where the model
-    is put (default: the CPU). ``kwargs`` go to ``from_pretrained`` (e.g. ``hidden_dropout_prob``)
+    is put (default: :func:`kexue.current_device`, the CPU before any ``setup``). ``kwargs`` go to ``from_pretrained`` (e.g. ``hidden_dropout_prob``)
     (https://kexue.fm/archives/8671, chapters on NSP zero-shot, PET, whitening and CoSENT)."""
     from transformers import AutoTokenizer, BertForPreTraining
 
@@ -245,8 +245,8 @@ def load(path=None, *, verify: bool = True, with_tokenizer: bool = True, device=
     else:  # a hub id: only where a network exists
         model = BertForPreTraining.from_pretrained(str(path), **kwargs)
         tok = AutoTokenizer.from_pretrained(str(path)) if with_tokenizer else None
-    if device is not None:
-        model.to(device)
+    from .. import resolve_device
+    model.to(resolve_device(device))
     model.eval()
     return (model, tok) if with_tokenizer else model
 

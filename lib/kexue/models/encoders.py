@@ -344,13 +344,17 @@ class GemmaEncoder(Encoder):
 
     def __init__(self, lm=None, tokenizer=None, *, layer: int = 12, name: str = "gemma-270m",
                  loader=None, weights_id: str | None = None, max_length: int = 128,
-                 exclude_bos: bool = True, device: str = "cpu", cache: bool = True, cache_dir=None):
+                 exclude_bos: bool = True, device=None, cache: bool = True, cache_dir=None):
         super().__init__(cache, cache_dir)
         if lm is None and loader is None:
             raise ValueError("give lm and tokenizer, or a loader")
         self.lm, self.tokenizer, self._loader = lm, tokenizer, loader
         self.name, self.layer, self.max_length, self.exclude_bos = name, int(layer), max_length, exclude_bos
-        self.weights_id, self.device = weights_id, device
+        # device None: an injected model's own device, else kexue.current_device() (where the loader puts it)
+        from .. import resolve_device
+        if device is None and lm is not None:
+            device = next(lm.parameters()).device
+        self.weights_id, self.device = weights_id, str(resolve_device(device))
         # gemma.load gives float32; an injected model says its own dtype
         self.dtype = str(next(lm.parameters()).dtype) if lm is not None else "torch.float32"
         if lm is not None:
@@ -502,7 +506,8 @@ def get_encoder(name: str, **opts):
     if name == "use-m3":
         return UseM3(**opts)
     if name == "gemma-270m":
-        device = str(opts.pop("device", None) or "cpu")
+        from .. import resolve_device
+        device = str(resolve_device(opts.pop("device", None)))
         return GemmaEncoder(loader=_gemma_loader(device), weights_id=_gemma_weights_id(),
                             device=device, **opts)
     if name == "char-overlap":

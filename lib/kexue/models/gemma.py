@@ -21,7 +21,7 @@ INSTALL = "pip install -r requirements-gemma.txt   (or `make gemma`; about 240 M
 
 def load(dtype=None, device=None):
     """(model, tokenizer) of Gemma-3-270M, frozen (no parameter requires grad) and in eval mode, on
-    ``device`` (e.g. the one :func:`kexue.setup` returns; default: the CPU).
+    ``device`` (e.g. the one :func:`kexue.setup` returns; default: :func:`kexue.current_device`).
     Raises :class:`kexue.data.MissingDataError` with the install command when a package is missing."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -40,8 +40,8 @@ def load(dtype=None, device=None):
     with contextlib.redirect_stderr(io.StringIO()):
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         lm = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype or torch.float32)
-    if device is not None:
-        lm.to(device)
+    from .. import resolve_device
+    lm.to(resolve_device(device))
     return freeze(lm), tok
 
 
@@ -54,7 +54,7 @@ def freeze(lm):
 
 def tiny_causal_lm(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, device=None):
     """A randomly initialised Gemma-3 causal LM with ``vocab_size`` tokens, ``layers`` layers of width
-    ``hidden`` (2 query heads, 1 key/value head), frozen and in eval mode, on ``device``: the
+    ``hidden`` (2 query heads, 1 key/value head), frozen and in eval mode, on ``device`` (default: :func:`kexue.current_device`): the
     smoke-scale stand-in for :func:`load` (same architecture and code path, no pre-training)."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -65,4 +65,5 @@ def tiny_causal_lm(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         lm = Gemma3ForCausalLM(cfg)
-    return freeze(lm if device is None else lm.to(device))
+    from .. import resolve_device
+    return freeze(lm.to(resolve_device(device)))
