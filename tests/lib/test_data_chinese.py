@@ -292,3 +292,22 @@ def test_pretraining_corpus_sources_and_held_out_articles(data):
     held = [C.normalise(s) for sp in ("dev", "test") for chars, _ in data.peoples_daily_ner(sp)
             for s in data.split_sentences("".join(chars))]
     assert held and not (set(held) & pre)
+
+
+# ------------------------------------------------------------------ joint tagging (multitask-loss)
+
+def test_bmes_and_pos_char_tags_hand_example():
+    toks = [("江", "nr"), ("泽民", "nr"), ("发表", "v"), ("新年贺词", "n")]
+    assert C.bmes_tags(toks) == list("SBEBE") + list("BMME")
+    assert C.pos_char_tags(toks) == ["nr"] * 3 + ["v"] * 2 + ["n"] * 4
+
+
+def test_peoples_daily_tagged_is_the_ner_split_with_seg_and_pos(data):
+    for s in data.SPLITS:
+        rows, ner = data.peoples_daily_tagged(s), data.peoples_daily_ner(s)
+        assert len(rows) == len(ner)
+        for (chars, seg, pos, tags), (c2, t2) in zip(rows, ner):
+            assert chars == c2 and tags == t2 and len(seg) == len(pos) == len(chars)
+            assert set(seg) <= set("BMES") and seg[-1] in "ES" and seg[0] in "BS"
+    pos_tags = {t for s in data.SPLITS for r in data.peoples_daily_tagged(s) for t in r[2]}
+    assert 35 <= len(pos_tags) <= 45

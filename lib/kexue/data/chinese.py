@@ -169,6 +169,23 @@ def bio_tags(tokens: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return chars, tags
 
 
+def bmes_tags(tokens: list[tuple[str, str]]) -> list[str]:
+    """Word segmentation as one tag per character: ``S`` a one-character word, else ``B``, ``M``…,
+    ``E`` (``[('江', 'nr'), ('泽民', 'nr')]`` → ``S B E``). Used by chapter ``multitask-loss``
+    (https://kexue.fm/archives/8870)."""
+    out = []
+    for word, _ in tokens:
+        n = len(word)
+        out.extend(["S"] if n == 1 else ["B", *["M"] * (n - 2), "E"])
+    return out
+
+
+def pos_char_tags(tokens: list[tuple[str, str]]) -> list[str]:
+    """Part of speech per character: every character carries its word's tag (``江/nr 泽民/nr`` →
+    ``nr nr nr``). Used by chapter ``multitask-loss`` (https://kexue.fm/archives/8870)."""
+    return [tag for word, tag in tokens for _ in word]
+
+
 def entity_spans(tags: list[str]) -> list[tuple[str, int, int]]:
     """``(type, start, end)`` (end exclusive) of each entity in a BIO tag sequence."""
     spans, start, typ = [], None, None
@@ -345,6 +362,23 @@ def _build_ner(download=False):
     return out
 
 
+def _build_tagged(download=False):
+    """The NER article split, each line with its segmentation, POS and NER tags per character;
+    the same lines as :func:`_build_ner` (the same cross-split deduplication)."""
+    ner = _prepared("ner")
+    keep = {s: {t for t, _ in ner[s]} for s in SPLITS}
+    tagged, plain = _pd_lines()
+    arts, art_split = _pd_article_splits(plain)
+    out = {s: [] for s in SPLITS}
+    for a, s in zip(arts, art_split):
+        for i in a:
+            chars, tags = bio_tags(tagged[i])
+            text = "".join(chars)
+            if chars and text in keep[s]:
+                out[s].append([text, bmes_tags(tagged[i]), pos_char_tags(tagged[i]), tags])
+    return out
+
+
 def evaluation_texts() -> list[str]:
     """Every text the book evaluates on (see the module docstring): THUCNews headlines (all splits),
     inews dev/test titles and contents, reviews (all splits), Chinese STS-B sentences (all splits),
@@ -428,7 +462,7 @@ def _build_pretraining(download=False):
 
 _BUILDERS = {"inews": _build_inews, "thucnews": _build_thucnews, "reviews": _build_reviews,
              "stsb_zh": _build_stsb_zh, "stsb_en": _build_stsb_en, "ner": _build_ner,
-             "pretraining": _build_pretraining}
+             "pretraining": _build_pretraining, "pd_tagged": _build_tagged}
 
 
 # ------------------------------------------------------------------------------------- public API
@@ -518,6 +552,16 @@ def peoples_daily_ner(split: str = "test") -> list[tuple[list[str], list[str]]]:
     (:func:`group_articles`, 80/10/10 by hash rank); lines identical to a line of a later split are
     dropped from the earlier one. Dev/test articles are not in :func:`pretraining_documents`."""
     return [(list(t), tags) for t, tags in _prepared("ner")[_check_split(split)]]
+
+
+def peoples_daily_tagged(split: str = "test") -> list[tuple[list[str], list[str], list[str], list[str]]]:
+    """Joint character tagging on People's Daily 1998, on the NER article split (the same lines as
+    :func:`peoples_daily_ner`, in the same order): one item per line, ``(chars, seg, pos, ner)``,
+    each a list as long as ``chars``: ``seg`` the BMES segmentation tags (:func:`bmes_tags`), ``pos``
+    the word's part-of-speech tag on each of its characters (:func:`pos_char_tags`; 44 tags in the
+    corpus), ``ner`` the BIO tags of :func:`peoples_daily_ner`. Used by chapter ``multitask-loss``
+    (https://kexue.fm/archives/8870)."""
+    return [(list(t), seg, pos, ner) for t, seg, pos, ner in _prepared("pd_tagged")[_check_split(split)]]
 
 
 def prepare_all(download: bool = False) -> dict:
