@@ -576,11 +576,14 @@ def choose_lr(kind: str, T: int, grid, *, seed: int, **train_kw) -> dict:
 
 
 @torch.no_grad()
-def mean_forget_gate(params: dict, T: int, *, n: int = 256, seed: int = 0, recent: bool = False) -> np.ndarray:
+def mean_forget_gate(params: dict, T: int, *, n: int = 256, seed: int = 0, recent: bool = False,
+                     device=None) -> np.ndarray:
     """Per member of a trained LSTM ensemble (``train_adding``'s ``params``), the mean forget gate f_t
     over all steps, units and ``n`` fresh adding-problem sequences of length T (``recent`` as in
     :func:`adding_problem`): how much of its memory the trained cell keeps per step ("如果我们的任务
-    比较依赖于历史信息，那么f_t就会接近于1", https://kexue.fm/archives/7888, chapter ``rnn-gradients``)."""
+    比较依赖于历史信息，那么f_t就会接近于1", https://kexue.fm/archives/7888, chapter ``rnn-gradients``).
+    Computed on ``device`` (default: the current device); the sequences are drawn on the CPU."""
+    params = {k: v.to(resolve_device(device)) for k, v in params.items()}
     E = params["W"].shape[0]
     x, _ = adding_problem(E * n, T, torch.Generator().manual_seed(seed), recent=recent)
     x = x.view(E, n, T, 2).to(params["W"])

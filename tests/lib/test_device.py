@@ -267,6 +267,7 @@ def test_rnn_paths(gpu, monkeypatch):              # rnn-gradients
     out = R.train_adding("lstm", 4, members=2, hidden=8, steps=3, batch=8, lr=1e-2, eval_every=1,
                          eval_batch=16, seed=0)
     assert np.isfinite(out["eval_mse"]).all()
+    assert np.isfinite(R.mean_forget_gate(out["params"], 4, n=8)).all()
 
 
 def test_propagation_and_train(gpu):                # xavier-averaging
@@ -379,3 +380,14 @@ def test_pretrain_builds_on_the_current_device(gpu, micro_bert):
     r = objective.pretraining_loss(model, batch)
     r["loss"].backward()
     opt.step()
+
+
+def test_transformer_probes(gpu):                    # bert-init-std (needs the transformer.py patch)
+    from kexue import transformer as Tr
+    if "resolve_device" not in vars(Tr):
+        pytest.skip("kexue.transformer does not follow the current device yet (scratch/s12/helper-D-transformer.patch)")
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    kw = dict(norm="post", std=0.02, trunc=True, n_layers=1, d=16, heads=2, ffn=32, vocab=50)
+    out = Tr.probe_init(ids, generator=torch.Generator().manual_seed(1), **kw)
+    assert np.isfinite(out["loss"])
+    assert np.isfinite(Tr.init_grad_norms(ids, seeds=[0, 1], **kw)).all()
