@@ -170,3 +170,18 @@ def test_encode_and_train_arm_tiny():
     assert set(r["test"]) == {"seg", "pos", "ner"} and r["test"]["seg"] > 0.9
     w = M.dirichlet_weights(3, 0)
     assert sum(w) == pytest.approx(3) and min(w) > 0
+
+
+def test_library_invariance_gap_matches_the_reference_runs():
+    assert M.invariance_gap("realtime", scale=1000.0) == _gap(_run("realtime"), _run("realtime", scale=1000.0))
+    assert M.invariance_gap("gradnorm", shift=5.0) < 1e-10 < 1e-3 < M.invariance_gap("realtime", shift=5.0)
+
+
+def test_marginal_normalised_losses_are_one():
+    rows = [(list("北京举行"), list("BEBE"), ["ns", "ns", "v", "v"], ["B-LOC", "I-LOC", "O", "O"]),
+            (list("他来了"), list("SSS"), ["r", "v", "u"], ["O", "O", "O"])] * 3
+    data = M.encode_tagging({"train": rows, "dev": rows, "test": rows})
+    assert all(abs(v - 1) < 1e-9 for v in M.marginal_normalised_losses(data).values())
+    r = M.tune_and_run(data, "random", lrs=[0.1, 0.3], seeds=[0, 1], lr_seed=5, steps=10, batch_size=3,
+                       eval_every=5, patience=None, model_cfg={"emb": 4, "width": 4, "layers": 1})
+    assert r["lr"] in (0.1, 0.3) and len(r["runs"]) == 2 and r["runs"][0]["weights"] != r["runs"][1]["weights"]

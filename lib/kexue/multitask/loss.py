@@ -373,3 +373,79 @@ def sgd_trajectory(model: nn.Module, batches, loss_fn, combiner: LossCombiner, *
                 p -= lr * g
         out.append(torch.cat([p.detach().reshape(-1) for p in params]).clone())
     return out
+
+
+ARMS = {  # the chapter's arms: tasks, scheme, optimizer
+    "sum": dict(tasks=TASKS, scheme="sum", optimizer="sgd"),
+    "prior": dict(tasks=TASKS, scheme="prior", optimizer="sgd"),
+    "realtime": dict(tasks=TASKS, scheme="realtime", optimizer="sgd"),
+    "gradnorm": dict(tasks=TASKS, scheme="gradnorm", optimizer="sgd"),
+    "random": dict(tasks=TASKS, scheme="fixed", optimizer="sgd"),
+    "init": dict(tasks=TASKS, scheme="init", optimizer="sgd"),
+    "uncertainty": dict(tasks=TASKS, scheme="uncertainty", optimizer="sgd"),
+    "single_seg": dict(tasks=("seg",), scheme="sum", optimizer="sgd"),
+    "single_pos": dict(tasks=("pos",), scheme="sum", optimizer="sgd"),
+    "single_ner": dict(tasks=("ner",), scheme="sum", optimizer="sgd"),
+    "adam_sum": dict(tasks=TASKS, scheme="sum", optimizer="adam"),
+    "adam_realtime": dict(tasks=TASKS, scheme="realtime", optimizer="adam"),
+}
+
+
+def tune_and_run(data: dict, arm: str, *, lrs, seeds, lr_seed: int, **common) -> dict:
+    """One arm of :data:`ARMS`: the learning rate with the best mean dev score at ``lr_seed``
+    (ties: the first), then one run per seed at that rate. The ``random`` arm draws its weights with
+    :func:`dirichlet_weights` from each run's seed. Returns ``{lr, dev_by_lr, runs}``.
+    https://kexue.fm/archives/8870, chapter ``multitask-loss``."""
+    spec = ARMS[arm]
+
+    def one(lr, seed):
+        w = dirichlet_weights(len(spec["tasks"]), seed) if spec["scheme"] == "fixed" else None
+        return train_arm(data, tasks=spec["tasks"], scheme=spec["scheme"], optimizer=spec["optimizer"],
+                         weights=w, lr=lr, seed=seed, **common)
+
+    dev_by_lr = {}
+    for lr in lrs:
+        r = one(lr, lr_seed)
+        dev_by_lr[lr] = float(np.mean([r["dev"][k] for k in spec["tasks"]]))
+    best = max(lrs, key=lambda lr: (dev_by_lr[lr], -lrs.index(lr)))
+    return {"lr": best, "dev_by_lr": dev_by_lr, "runs": [one(best, s) for s in seeds]}
+
+
+def invariance_gap(scheme: str, *, scale: float = 1.0, shift: float = 0.0, task: int = 1, steps: int = 200,
+                   lr: float = 0.05, eps: float = 1e-8, seed: int = 0) -> float:
+    """max |Δθ| after ``steps`` plain-SGD steps in float64 on a tiny random tagging problem between
+    the run with task ``task``'s loss mapped to ``scale · L + shift`` and the unperturbed run (same
+    initialisation and batches). Fixed by algebra: 0 up to rounding for ``realtime`` under a scale and
+    for ``gradnorm`` under a scale or a shift. Chapter ``multitask-loss``."""
+    def loss_fn(sc, sh):
+        def f(model, b):
+            ids, ys = b
+            h, logits = model(ids)
+            losses = [F.cross_entropy(logits[k].reshape(-1, logits[k].shape[-1]), y.reshape(-1))
+                      for k, y in zip(TASKS, ys)]
+            losses[task] = losses[task] * sc + sh
+            return h, losses
+        return f
+
+    def run(sc, sh):
+        model = ConvTagger(30, {"seg": 4, "pos": 6, "ner": 3}, emb=8, width=8, layers=2, seed=seed).double()
+        g = torch.Generator().manual_seed(seed + 1)
+        batches = [(torch.randint(2, 30, (4, 7), generator=g),
+                    [torch.randint(0, n, (4, 7), generator=g) for n in (4, 6, 3)]) for _ in range(steps)]
+        return sgd_trajectory(model, batches, loss_fn(sc, sh), LossCombiner(scheme, 3, eps=eps), lr=lr)[-1]
+
+    d = (run(1.0, 0.0) - run(scale, shift)).abs()
+    return float(torch.nan_to_num(d, nan=math.inf).max())
+
+
+def marginal_normalised_losses(data: dict, tasks=TASKS, split: str = "train") -> dict:
+    """Cross-entropy of the constant predictor that outputs each task's label marginal (of
+    ``split``), divided by :func:`prior_loss_ce` of the same labels: 1 by construction."""
+    part, out = data[split], {}
+    for k in tasks:
+        y = part[k][part[k] >= 0]
+        n = len(data["tags"][k])
+        p = torch.bincount(y, minlength=n).double() / len(y)
+        logits = torch.log(p.clamp_min(1e-300)).expand(len(y), n)
+        out[k] = float(F.cross_entropy(logits, y)) / prior_loss_ce(y.numpy(), n)
+    return out
