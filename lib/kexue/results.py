@@ -516,8 +516,8 @@ class Results:
         import numpy
         import torch
 
-        from . import device
-        dev = device()
+        from . import current_device
+        dev = str(current_device())  # the device setup() chose and the library computed on
         rec = {
             "slug": self.slug,
             "title": self.article["title_en"],

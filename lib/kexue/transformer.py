@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import resolve_device
 from .init import trunc_normal_
 
 NORMS = ("post", "pre")
@@ -279,9 +280,11 @@ def probe_init(ids: torch.Tensor, *, norm: str, std: float, trunc: bool, n_layer
     :func:`init_bert_`, and return its :func:`residual_profile` on ``ids`` plus ``grad_norms``
     (:func:`layer_grad_norms` of a :func:`random_target_mlm_loss`) and that ``loss``: the
     at-init analysis of https://kexue.fm/archives/8747 (chapter ``bert-init-std``). The weights
-    are drawn on the CPU (``generator``) and the model and ``ids`` moved to ``device``."""
+    are drawn on the CPU (``generator``) and the model and ``ids`` moved to ``device`` (default:
+    :func:`kexue.current_device`)."""
     model = BertMLM(vocab, n_layers, d, heads, ffn, max_len=ids.shape[1], norm=norm)
     init_bert_(model, std, trunc, generator=generator)
+    device = resolve_device(device)
     model.to(device)
     ids = ids.to(device)
     out = residual_profile(model.encoder, ids, generator=generator)
@@ -306,8 +309,8 @@ def init_grad_norms(ids: torch.Tensor, *, norm: str, std: float, trunc: bool, se
         gen = torch.Generator().manual_seed(seed)
         model = BertMLM(vocab, n_layers, d, heads, ffn, max_len=ids.shape[1], norm=norm)
         init_bert_(model, std, trunc, generator=gen)
-        model.to(device)
-        loss = random_target_mlm_loss(model, ids.to(device), generator=gen)
+        model.to(resolve_device(device))
+        loss = random_target_mlm_loss(model, ids.to(resolve_device(device)), generator=gen)
         loss.backward()
         rows.append(layer_grad_norms(model.encoder))
     return np.array(rows)
