@@ -64,11 +64,12 @@ class ContextMLPLM(nn.Module):
     """Next-character model: logits = out(MLP([E x_1; …; E x_k])). ``tied=False``: its own output
     matrix and bias; ``tied=True``: logits = s(h) E^T + b with s = :func:`swap_halves` when
     ``half_swap`` (Su's tied variant, https://kexue.fm/archives/9698) else the identity. The embedding
-    is ``self.embedding`` (a dense ``nn.Embedding``, so absent tokens get exact zero gradient rows).
+    is ``self.embedding`` (a dense ``nn.Embedding``, so absent tokens get exact zero gradient rows),
+    initialised N(0, ``emb_std``²) (GPT-2's 0.02); the linear layers U(±1/√fan_in), biases 0.
     Chapter ``lion-tiger-embedding`` (https://kexue.fm/archives/9736)."""
 
     def __init__(self, vocab_size: int, dim: int = 64, context: int = 4, hidden: int = 128,
-                 tied: bool = False, half_swap: bool = True, seed: int = 0):
+                 tied: bool = False, half_swap: bool = True, seed: int = 0, emb_std: float = 0.02):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.vocab_size, self.dim, self.context, self.tied, self.half_swap = vocab_size, dim, context, tied, half_swap
@@ -78,7 +79,7 @@ class ContextMLPLM(nn.Module):
         self.out = None if tied else nn.Linear(dim, vocab_size)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size)) if tied else None
         with torch.no_grad():
-            self.embedding.weight.normal_(0.0, 1.0 / math.sqrt(dim), generator=g)
+            self.embedding.weight.normal_(0.0, emb_std, generator=g)
             for lin in (self.fc1, self.fc2) + ((self.out,) if self.out is not None else ()):
                 bound = 1.0 / math.sqrt(lin.in_features)
                 lin.weight.uniform_(-bound, bound, generator=g)
