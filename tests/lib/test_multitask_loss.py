@@ -185,3 +185,12 @@ def test_marginal_normalised_losses_are_one():
     r = M.tune_and_run(data, "random", lrs=[0.1, 0.3], seeds=[0, 1], lr_seed=5, steps=10, batch_size=3,
                        eval_every=5, patience=None, model_cfg={"emb": 4, "width": 4, "layers": 1})
     assert r["lr"] in (0.1, 0.3) and len(r["runs"]) == 2 and r["runs"][0]["weights"] != r["runs"][1]["weights"]
+
+
+def test_arm_table_gap_pairs_seeds():
+    run = lambda sc, tasks: {"tasks": tasks, "test": sc, "best_step": 1}
+    res = {"sum": {"lr": .1, "runs": [run({"seg": .5, "pos": .4, "ner": .2}, M.TASKS)]},
+           **{f"single_{k}": {"lr": .1, "runs": [run({k: 1.0 if k != "ner" else 0.4}, (k,))]} for k in M.TASKS}}
+    t = M.arm_table(res)
+    assert t["sum"]["gap"] == [pytest.approx(((1 - .5) + (1 - .4) + (.4 - .2) / .4) / 3)]
+    assert t["single_ner"]["gap"] is None and t["single_ner"]["test"] == {"ner": [0.4]}

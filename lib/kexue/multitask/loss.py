@@ -352,8 +352,10 @@ def dirichlet_weights(n_tasks: int, seed: int) -> list:
 
 
 def normalised_gap(multi: dict, single: dict, tasks=TASKS) -> float:
-    """Mean over tasks of (single-task score − multi-task score) / single-task score."""
-    return float(np.mean([(single[k] - multi[k]) / single[k] for k in tasks]))
+    """Mean over tasks of (single-task score − multi-task score) / single-task score; a task whose
+    single-task score is 0 (nothing learned, e.g. at smoke scale) is left out (nan when all are)."""
+    g = [(single[k] - multi[k]) / single[k] for k in tasks if single[k] > 0]
+    return float(np.mean(g)) if g else math.nan
 
 
 def sgd_trajectory(model: nn.Module, batches, loss_fn, combiner: LossCombiner, *, lr: float,
@@ -448,4 +450,33 @@ def marginal_normalised_losses(data: dict, tasks=TASKS, split: str = "train") ->
         p = torch.bincount(y, minlength=n).double() / len(y)
         logits = torch.log(p.clamp_min(1e-300)).expand(len(y), n)
         out[k] = float(F.cross_entropy(logits, y)) / prior_loss_ce(y.numpy(), n)
+    return out
+
+
+def load_tagging(n_train: int, n_dev: int, n_test: int | None, max_chars: int, seed: int = 0) -> dict:
+    """:func:`encode_tagging` of a seeded subset of :func:`kexue.data.chinese.peoples_daily_tagged`:
+    lines of at most ``max_chars`` characters (never cut), ``n_*`` of them per split in corpus order
+    (``n_test`` None: every test line that short). Chapter ``multitask-loss``."""
+    from ..data.chinese import peoples_daily_tagged
+    rng, rows = np.random.default_rng(seed), {}
+    for s, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        r = [x for x in peoples_daily_tagged(s) if len(x[0]) <= max_chars]
+        rows[s] = r if n is None or n >= len(r) else [r[i] for i in sorted(rng.choice(len(r), n, replace=False))]
+    return encode_tagging(rows)
+
+
+def arm_table(results: dict) -> dict:
+    """Per arm: ``{lr, test: {task: [per seed]}, gap: [per seed] or None}``; the gap to the
+    single-task arms (``single_<task>``, paired by seed) for the arms that train all tasks."""
+    single = {k: results[f"single_{k}"]["runs"] for k in TASKS if f"single_{k}" in results}
+    out = {}
+    for arm, r in results.items():
+        tasks = r["runs"][0]["tasks"]
+        test = {k: [run["test"][k] for run in r["runs"]] for k in tasks}
+        gap = None
+        if len(tasks) == len(TASKS) and len(single) == len(TASKS):
+            gap = [normalised_gap(run["test"], {k: single[k][j]["test"][k] for k in TASKS})
+                   for j, run in enumerate(r["runs"])]
+        out[arm] = {"lr": r["lr"], "test": test, "gap": gap,
+                    "best_step": [run["best_step"] for run in r["runs"]]}
     return out
