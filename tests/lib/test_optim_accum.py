@@ -215,3 +215,19 @@ def test_train_arm_large_batch_matches_folded():
     for arm in ("every_step", "sparse", "ema_tilde", "adam_folded", "adam_explicit"):
         r = train_arm(arm, data, **kw)
         assert 0.0 <= r["test"] <= 1.0 and not r["diverged"]
+
+
+def test_exactness_and_v_ratio_small():
+    from kexue.optim.accum import exactness, v_ratio
+
+    X, y = _data(n=96)
+    out = exactness(X, y, sizes=[6, 8, 3], micro_batch=4, k=4, updates=20, seed=0, lr_sgdm=0.3,
+                    lr_adam=0.01, lr_tiger=0.01)
+    assert out["sgdm"]["folded_vs_explicit"] < 1e-10 and out["sgdm"]["folded_vs_batch"] < 1e-10
+    assert out["sgdm"]["torch_sgd_vs_batch"] > 1e-6  # torch's undampened first buffer
+    assert out["tiger"]["folded_vs_batch"] < 1e-10 and out["adam"]["exact_v_vs_explicit"] < 1e-10
+    assert out["adam"]["folded_v_vs_explicit"] > 1e-6
+    assert out["adam_fixed_grads"]["m_diff"] < 1e-12 and out["adam_fixed_grads"]["v_fold_ge_exact"]
+    assert out["memory"]["accumulation_buffer_bytes"] == out["memory"]["folded_sgdm_state_bytes"]
+    assert v_ratio(X, y, sizes=[6, 8, 3], micro_batch=4, k=1, cycles=5, seed=0) == pytest.approx(1.0)
+    assert v_ratio(X, y, sizes=[6, 8, 3], micro_batch=4, k=4, cycles=5, seed=0) > 1.0

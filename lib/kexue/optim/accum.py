@@ -363,3 +363,127 @@ def train_arm(arm: str, data: dict, *, lr: float, seed: int, sizes, micro_batch:
             "best_step": out["best_step"], "steps": steps,
             "history": [(s * batch, l, d) for s, l, d in out["history"]],
             "diverged": not all(math.isfinite(l) for _, l, _ in out["history"])}
+
+
+def image_split(name: str, *, n_train: int, n_dev: int, seed: int = 0, device=None) -> dict:
+    """Tensors ``X_train, y_train, X_dev, y_dev, X_test, y_test`` (flattened, float32) for the
+    training runs of chapter ``momentum-grad-accum`` (https://kexue.fm/archives/8634): ``n_train`` and
+    ``n_dev`` disjoint images drawn (generator ``seed``) from the data set's training split, the whole
+    test split for testing. ``name``: ``"fashion-mnist"`` or ``"digits"`` (:mod:`kexue.data.images`)."""
+    from ..data.images import load_image_dataset
+
+    d = load_image_dataset(name, flatten=True)
+    n = len(d["X_train"])
+    if n_train + n_dev > n:
+        raise ValueError(f"{name} has {n} training images; asked for {n_train} + {n_dev}")
+    perm = np.random.default_rng(seed).permutation(n)
+    tr, dv = perm[:n_train], perm[n_train:n_train + n_dev]
+
+    def t(a, dtype):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
+    return {"X_train": t(d["X_train"][tr], torch.float32), "y_train": t(d["y_train"][tr], torch.long),
+            "X_dev": t(d["X_train"][dv], torch.float32), "y_dev": t(d["y_train"][dv], torch.long),
+            "X_test": t(d["X_test"], torch.float32), "y_test": t(d["y_test"], torch.long)}
+
+
+def tune_then_seeds(arm: str, data: dict, *, lrs, seeds, **kw) -> dict:
+    """The chapter's fair budget for one arm (chapter ``momentum-grad-accum``,
+    https://kexue.fm/archives/8634): every ``lrs`` value trained with ``seeds[0]``, the lr with the best
+    dev accuracy kept (the first of ties), then the remaining seeds at that lr; :func:`train_arm`
+    keyword arguments in ``kw``. Returns ``{lr, dev_by_lr, runs}`` with ``runs`` one per seed."""
+    grid = [train_arm(arm, data, lr=lr, seed=seeds[0], **kw) for lr in lrs]
+    best = int(np.argmax([r["dev"] for r in grid]))
+    runs = [grid[best]] + [train_arm(arm, data, lr=lrs[best], seed=s, **kw) for s in seeds[1:]]
+    return {"lr": lrs[best], "dev_by_lr": [r["dev"] for r in grid], "runs": runs,
+            "edge": best in (0, len(lrs) - 1)}
+
+
+def exactness(X: torch.Tensor, y: torch.Tensor, *, sizes, micro_batch: int, k: int, updates: int,
+              seed: int, lr_sgdm: float, lr_adam: float, lr_tiger: float, beta: float = 0.9,
+              beta_tiger: float = 0.965, wd_tiger: float = 0.01) -> dict:
+    """The exactness experiment of chapter ``momentum-grad-accum`` (https://kexue.fm/archives/8634), in
+    the dtype of ``X``: one fixed stream of ``k · updates`` micro-batches, networks from one seed, and
+    max |Δθ| after training between (i) the folded optimizer, (ii) an ordinary optimizer on the
+    explicitly accumulated ``.grad`` and (iii) the true batch of ``k · micro_batch``: for SGDM, Tiger
+    (reference ``lion_pytorch.Lion(betas=(β, β))``) and Adam (reference ``torch.optim.Adam``; folded with
+    ``exact_v`` False and True). Also ``torch.optim.SGD(momentum=β, dampening=1 − β)`` on the true
+    batch, whose first buffer is undampened."""
+    from lion_pytorch import Lion
+
+    dt = X.dtype
+    stream = microbatch_stream(len(X), micro_batch, k * updates, seed)
+
+    def net():
+        return mlp(sizes, seed=seed, dtype=dt, device=X.device)
+
+    def run(make, mode):
+        m = net()
+        opt = make(m.parameters())
+        run_stream(m, opt, X, y, stream, k=k, mode=mode)
+        return m, opt
+
+    out = {}
+    f, fo = run(lambda p: FoldedAccumSGDM(p, lr=lr_sgdm, beta=beta, k=k), "folded")
+    e, _ = run(lambda p: FoldedAccumSGDM(p, lr=lr_sgdm, beta=beta, k=1), "explicit")
+    b, _ = run(lambda p: FoldedAccumSGDM(p, lr=lr_sgdm, beta=beta, k=1), "batch")
+    ts, _ = run(lambda p: torch.optim.SGD(p, lr=lr_sgdm, momentum=beta, dampening=1 - beta), "batch")
+    out["sgdm"] = {"folded_vs_explicit": max_abs_diff(f, e), "folded_vs_batch": max_abs_diff(f, b),
+                   "torch_sgd_vs_batch": max_abs_diff(ts, b), "moved": max_abs_diff(f, net())}
+    f, _ = run(lambda p: FoldedAccumTiger(p, lr=lr_tiger, beta=beta_tiger, weight_decay=wd_tiger, k=k), "folded")
+    e, _ = run(lambda p: Lion(p, lr=lr_tiger, betas=(beta_tiger, beta_tiger), weight_decay=wd_tiger), "explicit")
+    b, _ = run(lambda p: Lion(p, lr=lr_tiger, betas=(beta_tiger, beta_tiger), weight_decay=wd_tiger), "batch")
+    out["tiger"] = {"folded_vs_explicit": max_abs_diff(f, e), "folded_vs_batch": max_abs_diff(f, b),
+                    "moved": max_abs_diff(f, net())}
+    fa, _ = run(lambda p: FoldedAccumAdam(p, lr=lr_adam, k=k, exact_v=False), "folded")
+    fx, _ = run(lambda p: FoldedAccumAdam(p, lr=lr_adam, k=k, exact_v=True), "folded")
+    e, _ = run(lambda p: torch.optim.Adam(p, lr=lr_adam), "explicit")
+    b, _ = run(lambda p: torch.optim.Adam(p, lr=lr_adam), "batch")
+    out["adam"] = {"exact_v_vs_explicit": max_abs_diff(fx, e), "exact_v_vs_batch": max_abs_diff(fx, b),
+                   "folded_v_vs_explicit": max_abs_diff(fa, e), "moved": max_abs_diff(fa, net())}
+    # Adam's buffers on one θ-independent gradient stream (the micro-batch gradients at θ0)
+    m0 = net()
+    grads = []
+    for idx in stream:
+        m0.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(m0(X[idx]), y[idx]).backward()
+        grads.append([p.grad.detach().clone() for p in m0.parameters()])
+    pa, pb = [[p.detach().clone().requires_grad_() for p in m0.parameters()] for _ in range(2)]
+    oa, ob = FoldedAccumAdam(pa, lr=lr_adam, k=k), FoldedAccumAdam(pb, lr=lr_adam, k=k, exact_v=True)
+    feed_gradients(oa, pa, grads)
+    feed_gradients(ob, pb, grads)
+    va = torch.cat([oa.state[p]["v"].flatten() for p in pa])
+    vb = torch.cat([ob.state[p]["v"].flatten() for p in pb])
+    out["adam_fixed_grads"] = {
+        "m_diff": max_abs_diff([oa.state[p]["m"] for p in pa], [ob.state[p]["m"] for p in pb]),
+        "theta_diff": max_abs_diff(pa, pb), "v_ratio_median": float((va / vb.clamp_min(1e-300)).median()),
+        "v_fold_ge_exact": bool((va >= vb * (1 - 1e-12)).all())}
+    out["memory"] = {"params": sum(p.numel() for p in fo.param_groups[0]["params"]),
+                     "folded_sgdm_state_bytes": state_bytes(fo),
+                     "accumulation_buffer_bytes": sum(p.numel() * p.element_size()
+                                                      for p in fo.param_groups[0]["params"])}
+    return out
+
+
+def v_ratio(X: torch.Tensor, y: torch.Tensor, *, sizes, micro_batch: int, k: int, cycles: int,
+            seed: int, beta2: float = 0.999) -> float:
+    """How far Adam's folded second moment sits from the exact one (chapter ``momentum-grad-accum``,
+    https://kexue.fm/archives/8634): at the network's initial parameters, ``cycles`` cycles of k
+    micro-batch gradients fed to :class:`FoldedAccumAdam` with ``exact_v`` False and True; returns
+    the median over parameters of v_folded / v_exact (≥ 1: the mean of squares over the square of the
+    mean, which grows with gradient noise, i.e. smaller micro-batches, and with k)."""
+    net = mlp(sizes, seed=seed, dtype=X.dtype, device=X.device)
+    stream = microbatch_stream(len(X), micro_batch, k * cycles, seed)
+    ps = [[p.detach().clone().requires_grad_() for p in net.parameters()] for _ in range(2)]
+    opts = [FoldedAccumAdam(ps[0], lr=0.0, betas=(0.9, beta2), k=k),
+            FoldedAccumAdam(ps[1], lr=0.0, betas=(0.9, beta2), k=k, exact_v=True)]
+    for idx in stream:
+        net.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
+        gs = [p.grad.detach().clone() for p in net.parameters()]
+        for o, pp in zip(opts, ps):
+            feed_gradients(o, pp, [gs])
+    va = torch.cat([opts[0].state[p]["v"].flatten() for p in ps[0]])
+    vb = torch.cat([opts[1].state[p]["v"].flatten() for p in ps[1]])
+    keep = vb > 0
+    return float((va[keep] / vb[keep]).median())
