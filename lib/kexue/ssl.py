@@ -81,6 +81,51 @@ def toy_flow(phi0: float, theta0: float, variant: str = "sg", t_end: float = 20.
     return t, Y[:, 0], Y[:, 1]
 
 
+def toy_final(phi0, theta0, variant: str = "sg", t_end: float = 100.0, dt: float = 2e-2):
+    """(φ(t_end), θ(t_end)) of the toy from many starts at once: ``phi0``, ``theta0`` arrays of one
+    shape, classical RK4 with step ``dt`` (only the final state kept). For the phase-portrait share
+    of starts that avoid θ → 0 in chapter ``simsiam-dynamics`` (https://kexue.fm/archives/7980)."""
+    phi = np.array(phi0, dtype=np.float64)
+    th = np.array(theta0, dtype=np.float64)
+    f = lambda a, b: simsiam_toy_rhs(a, b, variant)  # noqa: E731
+    for _ in range(int(round(t_end / dt))):
+        k1 = f(phi, th)
+        k2 = f(phi + 0.5 * dt * k1[0], th + 0.5 * dt * k1[1])
+        k3 = f(phi + 0.5 * dt * k2[0], th + 0.5 * dt * k2[1])
+        k4 = f(phi + dt * k3[0], th + dt * k3[1])
+        phi = phi + dt / 6.0 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        th = th + dt / 6.0 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+    return phi, th
+
+
+def toy_theta_limit(phi0, theta0, variant: str = "sg"):
+    """θ(∞) of the toy from (φ0, θ0 > 0), in closed form from each variant's conserved quantity
+    (chapter ``simsiam-dynamics``, https://kexue.fm/archives/7980). With ψ = φ − 1 the flow has
+    φ̇ = −ψθ² in every variant and
+
+    - ``sg``: θ̇ = −ψφθ, so θ² − φ² is conserved; φ moves monotonically toward 1, and θ reaches 0 first
+      exactly when φ² would have to pass below −c = φ0² − θ0² on the way: θ(∞)² = 1 + c if that stays
+      positive (φ0 ≥ 1: 1 + c > 0; 0 ≤ φ0 < 1: always; φ0 < 0: c > 0), else 0;
+    - ``full``: θ̇ = −ψ²θ, θ² − ψ² conserved, both shrink: θ(∞)² = max(θ0² − ψ0², 0);
+    - ``direct_only``: θ̇ = ψθ, θ² + 2ψ conserved: θ(∞)² = max(θ0² + 2ψ0, 0).
+
+    Returns an array (0 where the start collapses)."""
+    phi0 = np.asarray(phi0, dtype=np.float64)
+    th2 = np.asarray(theta0, dtype=np.float64) ** 2
+    psi0 = phi0 - 1.0
+    if variant == "sg":
+        c = th2 - phi0 ** 2
+        ok = np.where(phi0 >= 1.0, 1.0 + c > 0, np.where(phi0 >= 0.0, True, c > 0))
+        lim2 = np.where(ok, 1.0 + c, 0.0)
+    elif variant == "full":
+        lim2 = th2 - psi0 ** 2
+    elif variant == "direct_only":
+        lim2 = th2 + 2.0 * psi0
+    else:
+        raise ValueError(f"unknown toy variant {variant!r}; use one of {TOY_VARIANTS}")
+    return np.sqrt(np.maximum(lim2, 0.0))
+
+
 # -- augmentations -------------------------------------------------------------------------------
 def augment_images(x: torch.Tensor, shape: tuple[int, int], *, generator: torch.Generator | None = None,
                    max_shift: int = 2, noise_std: float = 0.1, erase_size: int = 0,
@@ -365,14 +410,16 @@ def train_two_view(model: nn.Module, loss_on, n_train: int, *, steps: int, batch
 def probe_report(model: SimSiam, data: dict, *, k: int = 20, probe_steps: int = 300, seed: int = 0) -> dict:
     """The probes of one encoder state on ``data`` (tensors ``X_train, y_train, X_dev, y_dev, X_test,
     y_test`` on one device): kNN accuracy (k, cosine; bank = train, queries = test), linear-probe test
-    accuracy (checkpoint by dev), collapse std of z on the test images (and its ratio to 1/√d), all
+    accuracy (checkpoint by dev), kNN accuracy on z (``knn_z``), collapse std of z on the test images (and its ratio to 1/√d), all
     in eval mode. Chapter ``simsiam-dynamics`` (https://kexue.fm/archives/7980)."""
     model.eval()
     htr, hdv, hte = (encode(model.features, data[f"X_{s}"]) for s in ("train", "dev", "test"))
     z = encode(model.project, data["X_test"])
     lp = linear_probe(htr, data["y_train"], hdv, data["y_dev"], hte, data["y_test"], steps=probe_steps, seed=seed)
     std = collapse_std(z)
+    ztr = encode(model.project, data["X_train"])
     return {"knn": knn_accuracy(htr, data["y_train"], hte, data["y_test"], k=k), "linear": lp["test_acc"],
+            "knn_z": knn_accuracy(ztr, data["y_train"], z, data["y_test"], k=k),
             "linear_dev": lp["dev_acc"], "std": std, "std_ratio": std * math.sqrt(z.shape[1]),
             "feat_std": collapse_std(hte)}
 
@@ -382,9 +429,9 @@ SIMSIAM_VARIANTS = ("sg_pred", "no_sg", "no_pred", "fixed_pred", "mean_target")
 
 
 def build_simsiam(variant: str, in_dim: int, *, hidden: int = 512, proj: int = 128, pred_hidden: int = 32,
-                  seed: int = 0) -> SimSiam:
+                  proj_bn: bool = True, seed: int = 0) -> SimSiam:
     """The chapter's SimSiam and ablations, initialised from ``seed``: encoder in_dim → hidden → hidden
-    (BN + ReLU), projector hidden → proj (BN), predictor proj → pred_hidden → proj (BN + ReLU inside).
+    (BN + ReLU), projector hidden → proj (BN on its output unless ``proj_bn=False``), predictor proj → pred_hidden → proj (BN + ReLU inside).
     ``variant`` in :data:`SIMSIAM_VARIANTS`: ``sg_pred`` (SimSiam), ``no_sg``, ``no_pred``,
     ``fixed_pred`` (a fixed random predictor), ``mean_target`` (the article's F(x̄) target, no predictor,
     no stop-gradient). The same seed gives the same encoder in every variant. Chapter
@@ -393,7 +440,7 @@ def build_simsiam(variant: str, in_dim: int, *, hidden: int = 512, proj: int = 1
         raise ValueError(f"unknown variant {variant!r}; use one of {SIMSIAM_VARIANTS}")
     torch.manual_seed(seed)
     enc = mlp([in_dim, hidden, hidden], last_bn=True, last_relu=True)
-    projector = mlp([hidden, proj], last_bn=True)
+    projector = mlp([hidden, proj], last_bn=proj_bn)
     pred = mlp([proj, pred_hidden, proj])
     use_pred = variant in ("sg_pred", "no_sg", "fixed_pred")
     return SimSiam(enc, projector, pred if use_pred else None, stop_grad=variant in ("sg_pred", "no_pred", "fixed_pred"),

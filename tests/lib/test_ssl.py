@@ -176,3 +176,52 @@ def test_run_simsiam_tiny_keeps_best_and_last():
     for key in ("init", "best", "last"):
         assert 0 <= out[key]["knn"] <= 1 and out[key]["std"] >= 0
     assert {"speed_encoder", "speed_predictor", "std", "dev", "loss"} <= set(out["history"][0])
+    # knn_z is the same kNN on the projection z (bank = training images, queries = test images)
+    m = ssl.build_simsiam("sg_pred", 16, hidden=16, proj=8, pred_hidden=4, seed=0)
+    rep = ssl.probe_report(m, data, k=3, probe_steps=10)
+    z = lambda X: ssl.encode(m.project, X)  # noqa: E731
+    assert rep["knn_z"] == ssl.knn_accuracy(z(data["X_train"]), data["y_train"], z(data["X_test"]), data["y_test"], k=3)
+
+
+def test_build_simsiam_proj_bn_switch():
+    with_bn = ssl.build_simsiam("sg_pred", 16, hidden=16, proj=8, pred_hidden=4, seed=0)
+    no_bn = ssl.build_simsiam("sg_pred", 16, hidden=16, proj=8, pred_hidden=4, proj_bn=False, seed=0)
+    assert isinstance(with_bn.projector[-1], torch.nn.BatchNorm1d)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in no_bn.projector)
+    # the same seed gives the same encoder either way
+    for a, b in zip(with_bn.encoder.parameters(), no_bn.encoder.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", ssl.TOY_VARIANTS)
+def test_toy_final_equals_the_last_state_of_toy_flow(variant):
+    phi0, th0 = np.array([0.6, 1.4, -0.3]), np.array([0.1, 0.8, 0.5])
+    phi, th = ssl.toy_final(phi0, th0, variant, t_end=5.0, dt=1e-2)
+    for i in range(3):
+        _, p, t = ssl.toy_flow(phi0[i], th0[i], variant, t_end=5.0, dt=1e-2)
+        assert phi[i] == pytest.approx(p[-1], abs=1e-12) and th[i] == pytest.approx(t[-1], abs=1e-12)
+
+
+@pytest.mark.parametrize("variant", ssl.TOY_VARIANTS)
+def test_toy_theta_limit_matches_long_integration_away_from_the_boundary(variant):
+    rng = np.random.default_rng(1)
+    phi0 = rng.uniform(-1.0, 2.5, 400)
+    th0 = rng.uniform(0.05, 1.5, 400)
+    lim = ssl.toy_theta_limit(phi0, th0, variant)
+    _, th = ssl.toy_final(phi0, th0, variant, t_end=400.0, dt=2e-2)
+    # the conserved quantity at the start, for staying away from the slow boundary
+    c = {"sg": th0 ** 2 - phi0 ** 2 + np.where(phi0 >= 0, 1.0, 0.0), "full": th0 ** 2 - (phi0 - 1) ** 2,
+         "direct_only": th0 ** 2 + 2 * (phi0 - 1)}[variant]
+    far = np.abs(c) > 0.1
+    assert far.sum() > 100
+    np.testing.assert_allclose(th[far], lim[far], atol=2e-3)
+    assert 0 < (lim > 0).mean() < 1
+
+
+def test_toy_theta_limit_article_start():
+    # φ0 = 0.6, θ0 = 0.1 (the article's start): sg keeps θ ≈ 0.806, the other two collapse
+    assert ssl.toy_theta_limit(0.6, 0.1, "sg") == pytest.approx(math.sqrt(0.01 - 0.36 + 1))
+    assert ssl.toy_theta_limit(0.6, 0.1, "full") == 0.0
+    assert ssl.toy_theta_limit(0.6, 0.1, "direct_only") == 0.0
+    with pytest.raises(ValueError):
+        ssl.toy_theta_limit(0.6, 0.1, "nope")
