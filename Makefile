@@ -59,7 +59,8 @@ book-strict:
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
 # Every built page in headless Chromium after MathJax (tools/browser.sh installs chromium + fonts-noto-cjk):
-# no MathJax error, raw $$ or \begin, table pipe in a paragraph, or object repr; screenshots in _build/screenshots
+# no MathJax error, raw TeX ($$, \begin, \sigma), wrongly paired $, table pipe in a paragraph, object repr,
+# second search bar or table wider than the column; screenshots in _build/screenshots
 test-render: setup
 	@bash tools/browser.sh
 	$(BIN)/pytest -q -s tests/book

@@ -7,8 +7,13 @@ without waiting in real time, and no network is needed). :func:`findings` then r
 the standard library's HTML parser and reports:
 
 * ``math-error``   a MathJax error node (``mjx-merror``) or the text "Math input error";
-* ``raw-tex``      a literal ``$$`` or ``\\begin`` left in visible text (code, pre, scripts excluded):
-                   math that MathJax never saw, e.g. a display ``$$`` written inside a paragraph;
+* ``raw-tex``      a literal ``$$``, ``\\begin`` or any other TeX control word (``\\sigma``, ``\\frac``)
+                   left in visible text (code, pre, scripts and typeset math excluded): math that
+                   MathJax never saw;
+* ``math-pairing`` a ``$`` in the text touching typeset math, or two inline maths back to back with
+                   nothing between them: the dollar signs paired wrongly, as when a display ``$$ … $$``
+                   is written inside a paragraph (MyST reads ``$$a$$ which is $b$`` as ``$``, math
+                   ``a``, math `` which is ``, then ``b`` as prose: issue 19 §1, bert-init-std);
 * ``table-pipe``   a paragraph that starts with ``|``: a Markdown table that did not parse;
 * ``object-repr``  a Python object repr such as ``<matplotlib.legend.Legend at 0x7f...>``;
 * ``duplicate-search`` two search fields in the page header, or one there beside the sidebar's (the
@@ -48,8 +53,11 @@ __all__ = ["findings", "warnings", "layout", "dump_dom", "screenshot", "browser"
 
 # <module.Class at 0x...>, <module.Class object at 0x...>, <Figure size ... at 0x...>
 OBJECT_REPR = re.compile(r"<[A-Za-z_][\w.]*(?:[^<>\n]{0,80}?)\bat 0x[0-9a-fA-F]+>")
-_RAW_TEX = re.compile(r"\$\$|\\begin\b")
+# $$, \begin, or any TeX control word such as \sigma or \frac (a backslash and two letters or more)
+_RAW_TEX = re.compile(r"\$\$|\\[A-Za-z]{2,}")
 _SKIP = {"script", "style", "code", "pre", "textarea", "noscript", "head", "title"}
+_BLOCK = {"p", "div", "li", "td", "th", "tr", "table", "section", "article", "h1", "h2", "h3", "h4", "h5",
+          "h6", "dt", "dd", "blockquote", "figcaption", "caption"}
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
          "track", "wbr"}
 
@@ -67,6 +75,9 @@ class _Reader(HTMLParser):
         self.header = 0        # depth inside <header>
         self.dialog = 0        # depth inside <dialog> (the search pop-up)
         self.search = {"header": 0, "page": 0}
+        self.mathspan = 0      # depth inside Sphinx's math node (span.math / div.math)
+        self.tail = ""         # the visible text since the last block start or math node
+        self.after_math = False  # an inline math node just closed, with nothing after it yet
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -74,6 +85,18 @@ class _Reader(HTMLParser):
             self.search["header" if self.header else "page"] += 1
         if tag in _VOID:
             return
+        is_math = tag in ("span", "div") and "math" in (a.get("class") or "").split()
+        if is_math and tag == "span" and not self.mathspan and self.skip == 0:
+            if self.tail.endswith("$"):
+                self.out.append(("math-pairing", " ".join(self.tail[-60:].split()) + "<math>"))
+            elif self.after_math:
+                self.out.append(("math-pairing", " ".join(self.tail[-60:].split()) + "<math><math> (back to back)"))
+        if not self.mathspan:
+            self.after_math = False
+            if tag in _BLOCK or is_math:
+                self.tail = ""
+        if is_math or self.mathspan:
+            self.mathspan += 1
         self.stack.append(tag)
         if tag == "header":
             self.header += 1
@@ -95,6 +118,12 @@ class _Reader(HTMLParser):
             return
         while self.stack:
             t = self.stack.pop()
+            if self.mathspan:
+                self.mathspan -= 1
+                if not self.mathspan:
+                    self.after_math = t == "span"
+            elif t in _BLOCK:
+                self.tail, self.after_math = "", False
             if t == "header":
                 self.header -= 1
             if t == "dialog":
@@ -114,6 +143,11 @@ class _Reader(HTMLParser):
                 break
 
     def handle_data(self, data):
+        if self.skip == 0 and not self.mathspan:
+            if self.after_math and data.startswith("$"):
+                self.out.append(("math-pairing", "<math>" + " ".join(data[:60].split())))
+            self.after_math = False
+            self.tail = (self.tail + data)[-200:]
         if self.para is not None and self.skip == 0:
             self.para.append(data)
         if self.skip == 0 and self.math == 0:

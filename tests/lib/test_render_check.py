@@ -1,5 +1,7 @@
 """kexue.render_check's DOM checks on tiny HTML strings: each defect of issue 19 §1 is caught, and
-clean pages (typeset math, code that shows `$$`, real tables) give no finding."""
+clean pages (typeset math, code that shows `$$`, real tables) give no finding; then, in a real
+Jupyter Book build with the book's _config.yml rendered in Chromium, each defect of §1/§2 reintroduced
+in its original form is found and its fixed form is not (test_the_defects_reintroduced_fail_in_a_real_build)."""
 import pytest
 
 from kexue.render_check import browser, dump_dom, findings
@@ -36,11 +38,48 @@ def test_math_input_error_text():
 
 def test_raw_display_dollars_in_a_paragraph():
     html = "<p>the standard deviation $$\\sigma_a=\\sigma\\sqrt{1-c},$$ which is</p>"
-    assert kinds(html).count("raw-tex") == 2
+    found = [e for k, e in findings(html) if k == "raw-tex"]
+    assert [e.count("$$") > 0 for e in found].count(True) >= 2
+    assert kinds(html) == ["raw-tex"] * 5  # $$ twice, \\sigma twice, \\sqrt
+
+
+def test_tex_control_words_in_prose():
+    # raw TeX that MathJax never typeset: issue 19 §1's "0.8796,\\sigma=\\sigma/1.1368472"
+    assert kinds("<p>which is 0.8796,\\sigma=\\sigma/1.1368472 for</p>") == ["raw-tex", "raw-tex"]
+    # a single backslash letter or a lone backslash is not TeX; code and typeset math are excluded
+    assert kinds("<p>a\\b and 5 \\ 6</p><code>\\sigma</code>"
+                 "<span class='math'><mjx-container><mjx-mi>\\sigma</mjx-mi></mjx-container></span>") == []
+
+
+# the DOM of issue 19 §1's bert-init-std paragraph after MathJax: "standard deviation\n$$...$$\nwhich is
+# $0.8796\\,\\sigma=...$ for $k=2$" in one paragraph, as MyST pairs its dollar signs (built and dumped
+# from that markdown with the book's _config.yml; the typeset math shortened to <mjx-container>)
+MJX = '<mjx-container class="MathJax" jax="CHTML"><mjx-math><mjx-mi>x</mjx-mi></mjx-math></mjx-container>'
+MISPAIRED = ('<p>leaves the\nstandard deviation\n$<span class="math notranslate nohighlight">' + MJX + '</span>'
+             '<span class="math notranslate nohighlight">' + MJX + '</span>0.8796,\\sigma=\\sigma/1.1368472'
+             '<span class="math notranslate nohighlight">' + MJX + '</span>k=2$ (<code class="docutils literal">'
+             '<span class="pre">kexue.init.truncated_normal_std</span></code>).</p>')
+
+
+def test_mispaired_dollars_of_a_display_inside_a_paragraph():
+    ks = kinds(MISPAIRED)
+    assert findings(MISPAIRED)[:2] == [("math-pairing", "leaves the standard deviation $<math>"),
+                                       ("math-pairing", "<math><math> (back to back)")]
+    assert ks.count("raw-tex") == 2  # the two \\sigma left as prose
+
+
+def test_math_pairing_clean_cases():
+    m = '<span class="math notranslate nohighlight">' + MJX + '</span>'
+    # two inline maths with a space between, prose dollars away from math, a display block after a
+    # sentence that ends in a dollar amount: all fine
+    assert kinds(f"<p>{m} {m} and {m}, {m}.</p><p>Costs 3 $ and 4$ each {m}</p>") == []
+    assert kinds(f'<p>It costs 5$</p><div class="math notranslate nohighlight">{MJX}</div>') == []
+    assert kinds(f"<p>a $ {m}</p>") == []
+    assert kinds(f"<p>a{m}$b</p>") == ["math-pairing"]
 
 
 def test_raw_begin():
-    assert kinds("<div><p>\\begin{split} a \\end{split}</p></div>") == ["raw-tex"]
+    assert kinds("<div><p>\\begin{split} a \\end{split}</p></div>") == ["raw-tex", "raw-tex"]
 
 
 def test_table_pipe_paragraph():
@@ -183,3 +222,138 @@ def test_book_stylesheet_makes_a_wide_table_fit_and_the_check_fails_without_it(t
     good = dump_dom(styled)
     assert findings(good) == [], findings(good)
     assert layout(good)["tables"][0]["width"] <= 688
+
+
+# -- the defects of issue 19 §1/§2 reintroduced, in a real Jupyter Book build and a real browser ----------
+# One tiny book built with the book's own _config.yml (MathJax from _vendor, MyST, the theme, kexue.sphinxext):
+# a page with each §1 content defect in its original form, the same page fixed, and a notebook page with
+# a stray repr output and a 1,662 px figure; then the same book built with the two configuration fixes
+# undone (no navbar_persistent, no kexue.sphinxext). About 35 s: two builds and six pages in Chromium.
+import json as _json  # noqa: E402
+import subprocess as _sp  # noqa: E402
+import sys as _sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+import yaml as _yaml  # noqa: E402
+
+ROOT = _Path(__file__).resolve().parents[2]
+JB = _Path(_sys.executable).with_name("jupyter-book")
+
+BAD_MD = r"""# Bad
+
+**Truncated normal.** Truncating $\mathcal N(0,\sigma^2)$ to $[-k\sigma,k\sigma]$ leaves the
+standard deviation
+$$\sigma_{\text{actual}}=\sigma\sqrt{1-\frac{2k\,\varphi(k)}{2\Phi(k)-1}},$$
+which is $0.8796\,\sigma=\sigma/1.1368472$ for $k=2$ (`kexue.init.truncated_normal_std`).
+
+$$
+s^{\text{NSP}}_c(x) = \log P_\theta(\text{IsNext}\mid A, B), \qquad
+(A, B) = \begin{cases}(B_c,\ x) & \text{prompt first}\\ (x,\ B_c) & \text{prompt second}\end{cases}
+\tag{1}
+$$
+
+| critic | mean |Ŵ − W1| / W1, second half (per seed) | mean ± sd over seeds |
+|---|---|---|
+| WGAN-GP | 0.101, 0.097 | 0.099 ± 0.003 |
+"""
+# the same page as the chapters now write it: display math in its own paragraph, equation (1) on one
+# line, the pipes of the header escaped (kexue.results.show_table)
+FIXED_MD = r"""# Fixed
+
+**Truncated normal.** Truncating $\mathcal N(0,\sigma^2)$ to $[-k\sigma,k\sigma]$ leaves the
+standard deviation
+
+$$\sigma_{\text{actual}}=\sigma\sqrt{1-\frac{2k\,\varphi(k)}{2\Phi(k)-1}},$$
+
+which is $0.8796\,\sigma=\sigma/1.1368472$ for $k=2$ (`kexue.init.truncated_normal_std`).
+
+$$
+s^{\text{NSP}}_c(x) = \log P_\theta(\text{IsNext}\mid A, B), \qquad
+(A, B) = (B_c,\ x)\ \text{(prompt first)}\ \ \text{or}\ \ (x,\ B_c)\ \text{(prompt second)}
+\tag{1}
+$$
+
+| critic | mean \|Ŵ − W1\| / W1, second half (per seed) | mean ± sd over seeds |
+|---|---|---|
+| WGAN-GP | 0.101, 0.097 | 0.099 ± 0.003 |
+"""
+# a parameter table as bert-init-std had it: one row per knob, one column per scale, long values
+WIDE_MD = "# Wide\n\n" + "| knob | " + " | ".join(f"scale_{i}" for i in range(9)) + " |\n|" + "---|" * 10 + "\n" + "".join(
+    f"| knob_{r} | " + " | ".join(f"[{r}, {i}, 0.000{i}, 'cosine_with_warmup_{i}']" for i in range(9)) + " |\n"
+    for r in range(3))
+
+
+def _figure_png(width_in=15.1, height_in=1.6, dpi=110):
+    import base64
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(width_in, height_in), dpi=dpi)
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], label="a line")
+        ax.set_title("accuracy against tokens")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _outputs_notebook(repr_out: bool) -> dict:
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("ax.legend()\nfig")
+    code.execution_count = 1
+    code.outputs = [nbformat.v4.new_output("display_data", data={"image/png": _figure_png(),
+                                                                  "text/plain": "<Figure size 1661x176 with 3 Axes>"})]
+    if repr_out:  # the stray result of a last expression: nsp-zero-shot, bert-zh-workbench, global-shuffle
+        code.outputs.insert(0, nbformat.v4.new_output("execute_result", execution_count=1,
+                                                      data={"text/plain": "<matplotlib.legend.Legend at 0x7f3a2c1b9d50>"}))
+    nb.cells = [nbformat.v4.new_markdown_cell("# Outputs"), code]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def _mini_book(root: _Path, undo_config_fixes: bool = False) -> _Path:
+    import nbformat
+    root.mkdir(parents=True)
+    (root / "_vendor").symlink_to(ROOT / "_vendor")
+    cfg = _yaml.safe_load((ROOT / "_config.yml").read_text())
+    cfg["only_build_toc_files"] = True
+    if undo_config_fixes:
+        cfg["sphinx"]["config"]["html_theme_options"].pop("navbar_persistent")
+        cfg["sphinx"]["extra_extensions"].remove("kexue.sphinxext")
+    (root / "_config.yml").write_text(_yaml.safe_dump(cfg, allow_unicode=True))
+    pages = {"bad": BAD_MD, "fixed": FIXED_MD, "wide": WIDE_MD}
+    (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n"
+                                   + "".join(f"- file: {p}\n" for p in [*pages, "outputs", "outputs_fixed"]))
+    (root / "intro.md").write_text("# Intro\n\nA tiny book.\n")
+    for name, text in pages.items():
+        (root / f"{name}.md").write_text(text)
+    nbformat.write(nbformat.from_dict(_outputs_notebook(True)), root / "outputs.ipynb")
+    nbformat.write(nbformat.from_dict(_outputs_notebook(False)), root / "outputs_fixed.ipynb")
+    r = _sp.run([str(JB), "build", "-q", str(root)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return root / "_build" / "html"
+
+
+@pytest.mark.skipif(browser() is None or not JB.exists() or not (ROOT / "_vendor" / "mathjax").is_dir(),
+                    reason="needs chromium (tools/browser.sh), jupyter-book and the vendored MathJax (make setup)")
+def test_the_defects_reintroduced_fail_in_a_real_build(tmp_path):
+    html = _mini_book(tmp_path / "book")
+    got = {p: findings(dump_dom(html / f"{p}.html")) for p in ("bad", "fixed", "wide", "outputs", "outputs_fixed")}
+    bad = [k for k, _ in got["bad"]]
+    # the display $$ inside a paragraph (math-pairing and the \sigma left as prose), equation (1)'s \tag
+    # inside the split Sphinx wraps a line break in, and the table whose header has unescaped pipes
+    assert {"math-pairing", "raw-tex", "math-error", "table-pipe"} == set(bad), got["bad"]
+    assert ("math-error", "\\tag not allowed in split environment") in got["bad"]
+    assert [k for k, _ in got["outputs"]] == ["object-repr"], got["outputs"]
+    assert got["fixed"] == got["wide"] == got["outputs_fixed"] == [], got  # the book's stylesheet: the table fits
+    w = warnings(dump_dom(html / "outputs_fixed.html"), html / "outputs_fixed.html")
+    assert [k for k, _ in w] == ["small-figure-text"], w  # the 1,662 px figure in a ~700 px column
+    # the configuration fixes undone: a second search bar on every page, the parameter table overflows
+    old = _mini_book(tmp_path / "old", undo_config_fixes=True)
+    assert "duplicate-search" in [k for k, _ in findings(dump_dom(old / "fixed.html"))]
+    wide = findings(dump_dom(old / "wide.html"))
+    assert {"duplicate-search", "wide-table"} == {k for k, _ in wide}, wide
