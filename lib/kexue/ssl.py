@@ -450,20 +450,23 @@ def build_simsiam(variant: str, in_dim: int, *, hidden: int = 512, proj: int = 1
 def run_simsiam(variant: str, data: dict, *, shape: tuple[int, int], epochs: int, batch_size: int = 256,
                 lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4, predictor_lr_mult: float = 1.0,
                 aug: dict | None = None, k: int = 20, patience: int | None = None, mean_views: int = 8,
-                probe_steps: int = 300, seed: int = 0, **arch) -> dict:
+                probe_steps: int = 300, probe_init: bool = True, seed: int = 0, **arch) -> dict:
     """Train one arm (``variant``, see :func:`build_simsiam`) on ``data["X_train"]`` (labels unused in
     training) with SGD + momentum, evaluating the dev kNN accuracy (bank = train) after every epoch;
     keeps the best-dev and the last state. Returns ``{init, best, last}`` probe reports
     (:func:`probe_report`; ``init`` is the same encoder at initialisation with its BatchNorm statistics
-    re-estimated on the training images), ``best_step``, ``steps_run`` and ``history`` (dev kNN, dev
-    collapse std, loss, relative update speeds of encoder and predictor). Chapter ``simsiam-dynamics``
-    (https://kexue.fm/archives/7980)."""
+    re-estimated on the training images; ``None`` with ``probe_init=False``, e.g. for the arms whose
+    initialisation another arm of the same seed already probed), ``best_step``, ``steps_run`` and
+    ``history`` (dev kNN, dev collapse std, loss, relative update speeds of encoder and predictor).
+    Chapter ``simsiam-dynamics`` (https://kexue.fm/archives/7980)."""
     aug = dict(aug or {})
     dev = data["X_train"].device
     model = build_simsiam(variant, data["X_train"].shape[1], seed=seed, **arch).to(dev)
-    init_model = copy.deepcopy(model)
-    recalibrate_bn(init_model, data["X_train"])
-    init = probe_report(init_model, data, k=k, probe_steps=probe_steps, seed=seed)
+    init = None
+    if probe_init:
+        init_model = copy.deepcopy(model)
+        recalibrate_bn(init_model, data["X_train"])
+        init = probe_report(init_model, data, k=k, probe_steps=probe_steps, seed=seed)
     g = torch.Generator(device=dev).manual_seed(10_000 + seed)
     view = lambda x: augment_images(x, shape, generator=g, **aug)  # noqa: E731
     X = data["X_train"]

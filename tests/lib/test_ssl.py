@@ -176,6 +176,9 @@ def test_run_simsiam_tiny_keeps_best_and_last():
     for key in ("init", "best", "last"):
         assert 0 <= out[key]["knn"] <= 1 and out[key]["std"] >= 0
     assert {"speed_encoder", "speed_predictor", "std", "dev", "loss"} <= set(out["history"][0])
+    again = ssl.run_simsiam("sg_pred", data, shape=(4, 4), epochs=2, batch_size=20, k=3, probe_steps=10, probe_init=False,
+                            aug=dict(max_shift=1, noise_std=0.1, erase_size=1), hidden=16, proj=8, pred_hidden=4, seed=0)
+    assert again["init"] is None and again["last"] == out["last"]  # skipping the init probe changes nothing else
     # knn_z is the same kNN on the projection z (bank = training images, queries = test images)
     m = ssl.build_simsiam("sg_pred", 16, hidden=16, proj=8, pred_hidden=4, seed=0)
     rep = ssl.probe_report(m, data, k=3, probe_steps=10)
