@@ -12,7 +12,16 @@ and ``.pth`` files are read only when the interpreter starts. ``site.addsitedir`
 Outside Colab, or when ``kexue`` is already importable, the cell does nothing. The cell is plain code
 (no function definitions), short, and the same in every chapter::
 
-    python -m kexue.colab          # prints the first cell for the configured repository.url
+    python -m kexue.colab             # prints the first cell for the configured repository.url
+    python -m kexue.colab --insert    # puts it (tagged ``kexue-colab``) at the top of every chapter
+    python -m kexue.colab --remove    # takes it out again
+
+While ``repository.url`` is unset, no chapter carries the cell (there is no URL to put in it, and no
+placeholder is ever written): ``--insert`` refuses and says where to set the URL. The cell is tagged
+``kexue-colab`` and ``remove-cell`` (the web page does not show it; the notebook a reader downloads or
+opens in Colab has it); it has no outputs and changes nothing outside Colab, so a chapter runs the
+same with it. The results' code hash leaves it out (``kexue.book.code_hash``), so inserting it or
+changing the URL does not make a chapter's record stale.
 
 Tested offline (``tests/lib/test_launch_colab.py``): the generated cell, with a local repository path as the
 URL, installs the library into a fresh virtualenv's kernel that did not have ``kexue`` when it
@@ -44,6 +53,7 @@ if "google.colab" in sys.modules and importlib.util.find_spec("kexue") is None:
 '''
 FIRST_CELL_TAG = "kexue-colab"
 """The tag the first cell carries in a chapter (so checks can find it and code hashes can skip it)."""
+FIRST_CELL_TAGS = [FIRST_CELL_TAG, "remove-cell"]
 
 
 def repository_url(root: str | Path | None = None) -> str | None:
@@ -69,9 +79,9 @@ def first_cell(url: str | None = None, dest: str = CLONE_DIR) -> str:
     :func:`repository_url`); a ``ValueError`` that says where to set it while it is unset."""
     url = url if url is not None else repository_url()
     if not url:
-        raise ValueError("the book's repository URL is not set: put it in _config.yml as "
-                         "`repository:\\n  url: https://github.com/<owner>/<repo>` (one place; it also "
-                         "turns on the Colab and Binder launch buttons)")
+        raise ValueError("the book's repository URL is not set: put it in _config.yml under `repository:` "
+                         "as `url: https://github.com/<owner>/<repo>` (one place; it also turns on the "
+                         "Colab and Binder launch buttons)")
     return FIRST_CELL.format(url=str(url), dest=dest)
 
 
@@ -91,11 +101,83 @@ def make_importable() -> list[str]:
     return dirs
 
 
+def is_first_cell(cell: dict) -> bool:
+    """True for the Colab first cell (a code cell tagged :data:`FIRST_CELL_TAG`)."""
+    return cell.get("cell_type") == "code" and FIRST_CELL_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def _read(path: Path) -> tuple[dict, str]:
+    import json
+    text = Path(path).read_text(encoding="utf-8")
+    return json.loads(text), text
+
+
+def _write(path: Path, nb: dict, old: str) -> bool:
+    """Write ``nb`` in the layout nbformat and papermill use (indent 1, UTF-8); False if unchanged."""
+    import json
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new == old:
+        return False
+    Path(path).write_text(new, encoding="utf-8")
+    return True
+
+
+def insert_first_cell(path: str | Path, url: str | None = None) -> bool:
+    """Put the Colab first cell for ``url`` (default: :func:`repository_url`) at the top of the chapter
+    ``path``, replacing the one there (so a new URL updates it); every other cell is left as it is.
+    Returns whether the file changed. A ``ValueError`` while the URL is unset (no placeholder)."""
+    import uuid
+    source = first_cell(url)
+    nb, old = _read(path)
+    cells = [c for c in nb["cells"] if not is_first_cell(c)]
+    cell = {"cell_type": "code", "execution_count": None, "id": "kexue-colab",
+            "metadata": {"tags": list(FIRST_CELL_TAGS)}, "outputs": [],
+            "source": source.splitlines(keepends=True)}
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        cell.pop("id")  # cell ids came with nbformat 4.5
+    elif any(c.get("id") == cell["id"] for c in cells):
+        cell["id"] = "kexue-colab-" + uuid.uuid4().hex[:8]
+    nb["cells"] = [cell, *cells]
+    return _write(path, nb, old)
+
+
+def remove_first_cell(path: str | Path) -> bool:
+    """Take the Colab first cell out of the chapter ``path``; returns whether the file changed."""
+    nb, old = _read(path)
+    nb["cells"] = [c for c in nb["cells"] if not is_first_cell(c)]
+    return _write(path, nb, old)
+
+
 def main(argv=None) -> int:
-    """``python -m kexue.colab [URL]``: print the first cell (for ``URL``, else ``repository.url``)."""
-    argv = sys.argv[1:] if argv is None else argv
+    """``python -m kexue.colab [URL]``: print the first cell (for ``URL``, else ``repository.url``).
+    ``[URL] --insert [NOTEBOOK ...]`` / ``--remove [NOTEBOOK ...]``: put it at the top of (take it out of)
+    the given chapters, default every chapter in ``_toc.yml``."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m kexue.colab", description=main.__doc__)
+    ap.add_argument("url", nargs="?", help="repository URL (default: repository.url in _config.yml)")
+    act = ap.add_mutually_exclusive_group()
+    act.add_argument("--insert", nargs="*", metavar="NOTEBOOK", default=None,
+                     help="put the first cell at the top of these chapters (default: all in _toc.yml)")
+    act.add_argument("--remove", nargs="*", metavar="NOTEBOOK", default=None,
+                     help="take the first cell out of these chapters (default: all in _toc.yml)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        print(first_cell(argv[0] if argv else None), end="")
+        if args.insert is None and args.remove is None:
+            print(first_cell(args.url), end="")
+            return 0
+        paths = args.insert if args.insert is not None else args.remove
+        if not paths:
+            from . import book
+            root = book.repo_root()
+            if root is None:
+                raise ValueError("not inside the book's repository: give the notebooks")
+            paths = [str(p) for p in book.chapter_notebooks(root)]
+        if args.insert is not None:
+            first_cell(args.url)  # refuse before touching any file while the URL is unset
+        for path in paths:
+            changed = (insert_first_cell(path, args.url) if args.insert is not None
+                       else remove_first_cell(path))
+            print(f"kexue.colab: {path}: {'updated' if changed else 'unchanged'}")
     except ValueError as e:
         print(f"kexue.colab: {e}", file=sys.stderr)
         return 2

@@ -181,3 +181,66 @@ def test_first_cell_installs_into_a_running_fresh_kernel(tmp_path, fresh_venv):
     assert f"after {work / colab.CLONE_DIR / 'lib' / 'kexue' / '__init__.py'}" in out, out
     assert f"root {work / colab.CLONE_DIR}" in out
     assert (ROOT / "lib" / "kexue").is_dir()  # this checkout untouched
+
+
+# -- the first cell in the chapters: python -m kexue.colab --insert / --remove ---------------------------
+CHAPTER = ROOT / "chapters" / "02-optimization" / "sgd-kernel-machine.ipynb"
+
+
+def test_insert_puts_the_cell_first_and_remove_restores_the_chapter(tmp_path):
+    import json
+    nb_path = tmp_path / CHAPTER.name
+    nb_path.write_bytes(CHAPTER.read_bytes())
+    original = nb_path.read_bytes()
+    assert colab.insert_first_cell(nb_path, "https://github.com/a/b")
+    nb = json.loads(nb_path.read_text())
+    first, rest = nb["cells"][0], nb["cells"][1:]
+    assert colab.is_first_cell(first) and first["metadata"]["tags"] == ["kexue-colab", "remove-cell"]
+    assert "".join(first["source"]) == colab.first_cell("https://github.com/a/b") and first["outputs"] == []
+    assert rest == json.loads(original)["cells"]  # the chapter itself unchanged
+    nbformat.validate(nbformat.reads(nb_path.read_text(), as_version=4))
+    assert not colab.insert_first_cell(nb_path, "https://github.com/a/b")  # idempotent
+    assert colab.insert_first_cell(nb_path, "https://github.com/c/d")  # a new URL replaces the cell
+    nb = json.loads(nb_path.read_text())
+    assert sum(map(colab.is_first_cell, nb["cells"])) == 1 and "'https://github.com/c/d'" in "".join(nb["cells"][0]["source"])
+    assert colab.remove_first_cell(nb_path) and nb_path.read_bytes() == original
+    assert not colab.remove_first_cell(nb_path)
+
+
+def test_insert_refuses_while_the_url_is_unset(tmp_path, monkeypatch, capsys):
+    nb_path = tmp_path / CHAPTER.name
+    nb_path.write_bytes(CHAPTER.read_bytes())
+    monkeypatch.setattr(colab, "repository_url", lambda root=None: None)
+    with pytest.raises(ValueError, match="not set"):
+        colab.insert_first_cell(nb_path)
+    assert colab.main(["--insert", str(nb_path)]) == 2 and "_config.yml" in capsys.readouterr().err
+    assert nb_path.read_bytes() == CHAPTER.read_bytes()  # nothing written, no placeholder
+    assert colab.main(["https://github.com/a/b", "--insert", str(nb_path)]) == 0
+    assert "updated" in capsys.readouterr().out
+    assert colab.main(["--remove", str(nb_path)]) == 0 and nb_path.read_bytes() == CHAPTER.read_bytes()
+
+
+def test_no_chapter_carries_a_first_cell_while_the_url_is_unset():
+    import json
+    from kexue import book
+    if colab.repository_url(ROOT):
+        pytest.skip("repository.url is set")
+    for nb in book.chapter_notebooks(ROOT):
+        assert not any(map(colab.is_first_cell, json.loads(nb.read_text())["cells"])), nb
+
+
+def _code_hash_skips_the_cell():
+    import inspect
+    from kexue import book
+    return "kexue-colab" in inspect.getsource(book.code_hash)
+
+
+@pytest.mark.skipif(not _code_hash_skips_the_cell(),
+                    reason="kexue.book.code_hash does not skip the cell yet (patch: scratch/s13/colab-code-hash.patch)")
+def test_the_first_cell_does_not_make_a_record_stale(tmp_path):
+    from kexue import book
+    nb_path = tmp_path / CHAPTER.name
+    nb_path.write_bytes(CHAPTER.read_bytes())
+    before = book.code_hash(nb_path)
+    colab.insert_first_cell(nb_path, "https://github.com/a/b")
+    assert book.code_hash(nb_path) == before
