@@ -83,6 +83,39 @@ def test_gradnorm_is_a_sum_of_unit_vectors():
     assert torch.allclose(g, sum(v / v.norm() for v in gi), atol=1e-14, rtol=0)
 
 
+def test_gradnorm_over_several_tensors_normalises_the_concatenated_gradient():
+    # the chapter passes all the model's parameters: the norm is over their concatenation, and a
+    # tensor a loss does not use (another task's head) contributes nothing
+    a = torch.tensor([0.5, -2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([[1.0, 3.0], [0.2, -1.0]], dtype=torch.float64, requires_grad=True)
+    c_ = torch.tensor([4.0], dtype=torch.float64, requires_grad=True)
+    mk = lambda: [(a ** 2).sum() * 50 + (b[0] * a).sum(), ((b - 1) ** 2).sum() + 3 * (c_ ** 2).sum() + 9]
+    c = M.LossCombiner("gradnorm", 2, eps=0.0)
+    g = torch.autograd.grad(c(mk(), shared=[a, b, c_]), [a, b, c_])
+    flat = lambda gs: torch.cat([x.reshape(-1) for x in gs])
+    ref = []
+    for L in mk():
+        gi = torch.autograd.grad(L, [a, b, c_], allow_unused=True)
+        gi = [torch.zeros_like(t) if x is None else x for x, t in zip(gi, (a, b, c_))]
+        ref.append(flat(gi) / flat(gi).norm())
+    assert torch.allclose(flat(g), ref[0] + ref[1], atol=1e-14, rtol=0)
+    norms = [flat(torch.autograd.grad(L, [a, b, c_], allow_unused=True, materialize_grads=True)).norm().item()
+             for L in mk()]
+    assert np.allclose(c.last_weights, [1 / n for n in norms], rtol=1e-14)
+
+
+def test_train_arm_gradnorm_options():
+    rows = [(list("北京举行"), list("BEBE"), ["ns", "ns", "v", "v"], ["B-LOC", "I-LOC", "O", "O"]),
+            (list("他来"), list("SS"), ["r", "v"], ["O", "O"])] * 4
+    data = M.encode_tagging({"train": rows, "dev": rows[:4], "test": rows[:4]})
+    kw = dict(scheme="gradnorm", lr=0.05, steps=4, batch_size=4, eval_every=2, patience=None, seed=0,
+              model_cfg={"emb": 4, "width": 4, "layers": 1})
+    w_p, w_h = M.train_arm(data, **kw)["weights"], M.train_arm(data, gradnorm_wrt="h", **kw)["weights"]
+    assert len(w_p) == len(w_h) == 3 and not np.allclose(w_p, w_h)
+    with pytest.raises(ValueError):
+        M.train_arm(data, gradnorm_wrt="nope", **kw)
+
+
 def test_uncertainty_optimum_is_sigma2_equals_loss():
     u = M.UncertaintyWeighting(2).double()
     L = [torch.tensor(0.3, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64)]

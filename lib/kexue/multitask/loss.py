@@ -20,10 +20,14 @@ choose :math:`\alpha_i` when the tasks' losses live on different scales. The sch
   :math:`L = \sum_i \tfrac12 e^{-s_i} L_i + \tfrac12 s_i` (:class:`UncertaintyWeighting`); at its
   optimum :math:`\sigma_i^2 = L_i`, where the objective is :math:`\tfrac12\sum_i \log L_i` + const,
   the real-time scheme again.
-- ``gradnorm`` (the simple variant, not Chen et al.'s GradNorm): :math:`\alpha_i =
-  1/\mathrm{sg}[\lVert\nabla_h L_i\rVert]` for a shared tensor ``h`` (parameters or the shared
-  representation), so the update is a sum of unit vectors and is invariant to both scaling and
-  shifting a loss.
+- ``gradnorm`` (the article's gradient normalisation, not Chen et al.'s GradNorm):
+  :math:`L = \sum_i L_i/\mathrm{sg}[\lVert\nabla_\theta L_i\rVert]`, whose gradient
+  :math:`\sum_i \nabla_\theta L_i/\lVert\nabla_\theta L_i\rVert` is a sum of unit vectors,
+  invariant to both scaling and shifting a loss. The norm is taken over the tensors passed as
+  ``shared``: the chapter passes all the model's parameters (the article's :math:`\theta`, the
+  default of :func:`train_arm`); the shared representation ``h`` is a cheaper stand-in whose
+  norm sits on another scale (a per-token mean makes :math:`\nabla_h L_i` tiny, so its weights are
+  large).
 
 The second half is the chapter's experiment: a convolutional character tagger with one head per
 task (segmentation, POS, NER on People's Daily 1998), trained with :func:`kexue.train.fit`.
@@ -303,14 +307,18 @@ def task_scores(pred: dict, part: dict, tags: dict) -> dict:
 def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, optimizer: str = "sgd",
               lr: float, steps: int, batch_size: int, eval_every: int, patience: int | None,
               seed: int, model_cfg: dict, momentum: float = 0.9, eps: float = 1e-8,
-              device=None) -> dict:
+              gradnorm_wrt: str = "params", device=None) -> dict:
     """Train one arm with :func:`kexue.train.fit` (early stopping on the mean dev score of
     ``tasks``) and score it on test. ``optimizer``: ``sgd`` (with ``momentum``) or ``adam``.
     ``prior`` weights come from the train labels (:func:`prior_loss_ce`). Returns dev and test
     scores per task, the best step, the raw per-task training losses at each evaluation and the
-    final effective weights (σ² for ``uncertainty``). https://kexue.fm/archives/8870, chapter
-    ``multitask-loss``."""
+    final effective weights (σ² for ``uncertainty``). ``gradnorm_wrt``: the tensors whose gradient
+    norm ``gradnorm`` divides by, ``"params"`` (all the model's parameters, the article's
+    :math:`\nabla_\theta`) or ``"h"`` (the shared representation). https://kexue.fm/archives/8870,
+    chapter ``multitask-loss``."""
     from ..train import fit
+    if gradnorm_wrt not in ("params", "h"):
+        raise ValueError(f"gradnorm_wrt must be 'params' or 'h', got {gradnorm_wrt!r}")
     tasks = list(tasks)
     tr, dv = data["train"], data["dev"]
     heads = {k: len(data["tags"][k]) for k in tasks}
@@ -328,7 +336,7 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
     def loss_on(idx, rng):
         h, losses = task_losses(model, tr, idx, tasks)
         acc.append([float(L.detach()) for L in losses])
-        return comb(losses, shared=h)
+        return comb(losses, shared=list(model.parameters()) if gradnorm_wrt == "params" else h)
 
     def evaluate():
         raw.append(np.mean(acc, axis=0).tolist())
@@ -417,7 +425,7 @@ def invariance_gap(scheme: str, *, scale: float = 1.0, shift: float = 0.0, task:
                    lr: float = 0.05, eps: float = 1e-8, seed: int = 0) -> float:
     """max |Δθ| after ``steps`` plain-SGD steps in float64 on a tiny random tagging problem between
     the run with task ``task``'s loss mapped to ``scale · L + shift`` and the unperturbed run (same
-    initialisation and batches). Fixed by algebra: 0 up to rounding for ``realtime`` under a scale and
+    initialisation and batches; ``gradnorm`` normalises over all the parameters, as the chapter). Fixed by algebra: 0 up to rounding for ``realtime`` under a scale and
     for ``gradnorm`` under a scale or a shift. Chapter ``multitask-loss``."""
     def loss_fn(sc, sh):
         def f(model, b):
@@ -434,7 +442,8 @@ def invariance_gap(scheme: str, *, scale: float = 1.0, shift: float = 0.0, task:
         g = torch.Generator().manual_seed(seed + 1)
         batches = [(torch.randint(2, 30, (4, 7), generator=g),
                     [torch.randint(0, n, (4, 7), generator=g) for n in (4, 6, 3)]) for _ in range(steps)]
-        return sgd_trajectory(model, batches, loss_fn(sc, sh), LossCombiner(scheme, 3, eps=eps), lr=lr)[-1]
+        return sgd_trajectory(model, batches, loss_fn(sc, sh), LossCombiner(scheme, 3, eps=eps), lr=lr,
+                              shared_fn=lambda m, h: list(m.parameters()))[-1]
 
     d = (run(1.0, 0.0) - run(scale, shift)).abs()
     return float(torch.nan_to_num(d, nan=math.inf).max())
