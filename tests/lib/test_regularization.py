@@ -205,3 +205,83 @@ def test_random_matrix_spectral_norm_formula():
     W = (torch.rand(m, n, generator=g, dtype=F64) * 2 - 1) / math.sqrt(n)
     pred = R.random_matrix_spectral_norm(m, n, 1 / math.sqrt(3 * n))
     assert abs(float(R.spectral_norm(W)) / pred - 1) < 0.05
+
+
+# -- the chapter's experiment helpers ---------------------------------------------------------------
+
+def test_fast_spectral_norm_matches_numpy_and_identity():
+    g = torch.Generator().manual_seed(1)
+    for shape in [(5, 3, 9), (5, 9, 3), (4, 6, 6)]:
+        A = torch.randn(*shape, generator=g, dtype=F64)
+        ref = np.array([np.linalg.norm(a, ord=2) for a in A.numpy()])
+        np.testing.assert_allclose(R.fast_spectral_norm(A).numpy(), ref, rtol=1e-12)
+    eye = torch.eye(7, dtype=F64).expand(3, -1, -1)
+    assert torch.equal(R.fast_spectral_norm(eye), torch.ones(3, dtype=F64))
+    W = torch.randn(4, 11, generator=g, dtype=F64)
+    assert abs(float(R.fast_spectral_norm(W)) - np.linalg.norm(W.numpy(), ord=2)) < 1e-12
+
+
+def test_input_jacobians_forward_equals_reverse():
+    rng = np.random.default_rng(8)
+    for k in range(4):
+        model, sizes = _net(rng, seed=400 + k)
+        x = torch.randn(5, sizes[0], dtype=F64)
+        for a, b in zip(R.input_jacobians(model, x, mode="fwd"), R.input_jacobians(model, x, mode="rev", chunk=2)):
+            assert torch.allclose(a, b, atol=1e-13)
+    with pytest.raises(ValueError):
+        R.input_jacobians(model, x, mode="sideways")
+
+
+def test_probe_terms_summaries_against_the_terms():
+    model = R.random_mlp([6, 12, 12, 4], "relu", seed=3, dtype=torch.float32)
+    x = torch.rand(20, 6)
+    y = torch.as_tensor(np.random.default_rng(0).integers(0, 4, 20))
+    P = R.probe_terms(model, x, y)
+    T = R.gp_inequality_terms(R.float64_copy(model), x.double(), R.per_sample_loss, y)
+    s = P["loss"]
+    assert abs(s["log_gx2"] - np.mean(np.log(T["gx2"]))) < 1e-12
+    assert abs(s["log_bracket"] - np.mean(np.log(T["bracket"]))) < 1e-12
+    assert abs(P["logit"]["log_bracket"] - s["log_bracket"]) < 1e-12  # the bracket does not depend on f
+    assert s["ratio_max"] <= 1 + 1e-9 and s["fro_ratio_median"] <= s["ratio_median"] * (1 + 1e-12)
+    assert len(s["W_norm"]) == 3 and s["W_norm"][0] == pytest.approx(np.linalg.norm(model[0].weight.detach().double().numpy(), 2))
+    assert -1 <= s["spearman"] <= 1
+    np.testing.assert_allclose(P["raw"]["gtheta2"], T["gtheta2"], rtol=1e-12)
+    assert R.log_range([0.0, -2.0, float("nan"), 1.5]) == 3.5
+
+
+def test_random_net_scan_is_a_theorem_and_residual_scan_runs():
+    out = R.random_net_scan(15, n_inputs=6, seed=0, max_width=24)
+    assert out["ratio"].shape == (90,) and set(out["activation"]) == set(R.ACTIVATIONS)
+    assert out["ratio"].max() <= 1 + 1e-9 and out["layer_max"] <= 1 + 1e-9
+    assert np.all(out["ratio_fro"] <= out["ratio"] * (1 + 1e-12))
+    assert out["identity_max"] < 1e-10
+    res = R.random_net_scan(6, n_inputs=4, seed=1, residual=True, max_width=16)
+    assert res["net_max"].shape == (6,) and "identity_max" not in res
+
+
+def test_init_spectral_norms_against_random_matrix_theory():
+    rows = R.init_spectral_norms([(256, 784), (256, 256)], seed=0)
+    assert {r["init"] for r in rows} == set(R.INITS) and len(rows) == 10
+    for r in rows:
+        if r["init"] == "orthogonal":
+            assert abs(r["measured"] - 1) < 1e-10
+        else:
+            assert abs(r["measured"] / r["predicted"] - 1) < 0.1, r
+
+
+def test_gd_run_train_with_terms_and_arc_length_run_on_tiny_data():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(120, 5, generator=g)
+    y = (X[:, 0] + X[:, 1] > 1).long()
+    data = {"X_train": X[:80], "y_train": y[:80], "X_dev": X[80:100], "y_dev": y[80:100],
+            "X_test": X[100:], "y_test": y[100:]}
+    r = R.gd_run(data, sizes=[5, 16, 2], lr=0.5, stop_loss=0.6, max_steps=3000, seed=0, device="cpu")
+    assert r["reached"] and r["loss"] <= 0.6 and r["dirichlet"] > 0 and 0 <= r["test"] <= 1
+    rp = R.gd_run(data, sizes=[5, 16, 2], lr=0.5, stop_loss=0.6, max_steps=3000, seed=0, penalty=0.1, device="cpu")
+    assert rp["reached"] and rp["dirichlet"] != r["dirichlet"]  # a different trajectory
+    t = R.train_with_terms(data, sizes=[5, 8, 2], lr=0.1, batch_size=16, epochs=3, seed=0, n_probe=10, device="cpu")
+    assert [h["epoch"] for h in t["history"]] == [0, 1, 2, 3]
+    assert all(h["terms"]["loss"]["ratio_max"] <= 1 + 1e-9 for h in t["history"])
+    assert 1 <= t["best_epoch"] <= 3 and "loss" in t["final"]
+    a = R.arc_length_run(lr=0.05, seed=0, n_points=5, width=16, stop_loss=0.05, max_steps=20000)
+    assert a["reached"] and a["arc"] >= 2.0 and a["curve"].shape == (2001,)
