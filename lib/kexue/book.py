@@ -105,16 +105,18 @@ def _source(cell) -> str:
 
 
 def code_hash(nb: dict | Path) -> str:
-    """SHA-256 of a notebook's code cells (papermill's injected-parameters cell excluded,
-    trailing whitespace ignored). Stored in ``results/<slug>.json`` by the full run; the tests
-    compare it with the notebook now, so editing code without re-running is caught."""
+    """SHA-256 of a notebook's code cells (papermill's injected-parameters cell and the Colab first
+    cell tagged ``kexue-colab`` excluded, trailing whitespace ignored). Stored in ``results/<slug>.json``
+    by the full run; the tests compare it with the notebook now, so editing code without re-running is
+    caught. The Colab cell (kexue.colab) computes nothing and changes nothing outside Colab."""
     if not isinstance(nb, dict):
         nb = json.loads(Path(nb).read_text(encoding="utf-8"))
     sources = []
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
-        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags or "kexue-colab" in tags:
             continue
         sources.append("\n".join(line.rstrip() for line in _source(cell).strip().splitlines()))
     return hashlib.sha256(json.dumps(sources, ensure_ascii=False).encode("utf-8")).hexdigest()
