@@ -159,3 +159,63 @@ def load_image_dataset(name: str, *, flatten: bool = True) -> dict:
         return {"X_train": X_tr, "y_train": y_tr, "X_test": X_te, "y_test": y_te, "shape": (8, 8),
                 "classes": tuple(str(i) for i in range(10))}
     raise ValueError(f"unknown image data set {name!r}: use 'fashion-mnist' or 'digits'")
+
+
+def _compose_pairs(X: np.ndarray, y: np.ndarray, n: int, canvas: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """n composites: item A at the top-left and item B at the bottom-right corner of a canvas × canvas
+    image (pixel-wise max where they overlap), A and B drawn independently from (X, y)."""
+    h, w = X.shape[1:]
+    ia = rng.integers(0, len(X), n)
+    ib = rng.integers(0, len(X), n)
+    out = np.zeros((n, canvas, canvas), dtype=np.float32)
+    out[:, :h, :w] = X[ia]
+    out[:, canvas - h:, canvas - w:] = np.maximum(out[:, canvas - h:, canvas - w:], X[ib])
+    return out, np.stack([y[ia], y[ib]], axis=1).astype(np.int64)
+
+
+def multi_fashion(n_train: int, n_dev: int, n_test: int, *, source: str = "fashion-mnist", seed: int = 0,
+                  size: int = 28, standardize: bool = True) -> dict:
+    """Sener & Koltun's MultiMNIST construction (NeurIPS 2018) on Fashion-MNIST: two items, one at the
+    top-left and one at the bottom-right of a 36 × 36 canvas (overlapping in the middle), the canvas
+    resized to ``size`` × ``size`` (bilinear, antialiased); task 0 is the top-left item's class, task 1
+    the bottom-right one's. Training and dev composites are built from disjoint parts of the training
+    split (5/6 and 1/6, by a permutation with ``seed``), test composites from the test split.
+    ``source="digits"``: scikit-learn's 8 × 8 digits (disjoint 60/20/20 pools) on a 12 × 12 canvas, for
+    smoke runs. Returns float32 ``X_train/X_dev/X_test`` of shape (n, 1, size, size) and int64
+    ``y_*`` of shape (n, 2); with ``standardize`` the pixels are shifted and scaled by the training
+    composites' pixel mean and std (one scalar each). Chapter ``multitask-gradient`` (https://kexue.fm/archives/8896)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(seed)
+    if source == "fashion-mnist":
+        Xtr, ytr = load_fashion_mnist("train")
+        Xte, yte = load_fashion_mnist("test")
+        perm = rng.permutation(len(Xtr))
+        cut = len(Xtr) * 5 // 6
+        pools = {"train": (Xtr[perm[:cut]], ytr[perm[:cut]]), "dev": (Xtr[perm[cut:]], ytr[perm[cut:]]),
+                 "test": (Xte, yte)}
+        canvas = 36
+    elif source == "digits":
+        X, y = load_digits_images()
+        perm = rng.permutation(len(X))
+        a, b = int(0.6 * len(X)), int(0.8 * len(X))
+        pools = {"train": (X[perm[:a]], y[perm[:a]]), "dev": (X[perm[a:b]], y[perm[a:b]]),
+                 "test": (X[perm[b:]], y[perm[b:]])}
+        canvas = 12
+    else:
+        raise ValueError(f"unknown source {source!r}: use 'fashion-mnist' or 'digits'")
+    out = {}
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        img, lab = _compose_pairs(*pools[split], n, canvas, rng)
+        t = torch.from_numpy(img).unsqueeze(1)
+        if canvas != size:
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=canvas > size)
+        out[f"X_{split}"] = t.contiguous()
+        out[f"y_{split}"] = torch.from_numpy(lab)
+    if standardize:
+        mu, sd = float(out["X_train"].mean()), float(out["X_train"].std())
+        for split in ("train", "dev", "test"):
+            out[f"X_{split}"] = (out[f"X_{split}"] - mu) / sd
+    return out
