@@ -296,7 +296,7 @@ def dirichlet_energy(model: nn.Module, x: torch.Tensor, f=None, y=None, chunk: i
         xb = x[i:i + chunk]
         if f is None:
             J = vmap(jacrev(lambda x1: model(x1.unsqueeze(0)).squeeze(0)))(xb)
-            total += float(J.flatten(1).pow(2).sum())
+            total += float(J.detach().flatten(1).pow(2).sum())
         else:
             xb = xb.detach().clone().requires_grad_(True)
             g, = torch.autograd.grad(f(model(xb), None if y is None else y[i:i + chunk]).sum(), xb)
