@@ -214,3 +214,46 @@ def test_ub_counterexample():
     assert np.allclose(c["v"], [1.0, 1.0])
     assert min(c["ub_inner"]) < 0                                    # the UB direction raises task 1
     assert min(c["full_inner"]) >= c["full_norm2"] - 1e-12 > 0        # the full MGDA direction does not
+
+
+def test_direction_probe_equal_length_and_restores_exactly():
+    # the 2-D toy at a point where the two gradients conflict: the sum's direction raises L1 for a
+    # small step of a given length, the min-norm direction raises neither loss
+    th = torch.tensor([0.2, 0.9], dtype=torch.float64, requires_grad=True)
+    L = mg.toy_losses(th)
+    G = torch.stack([torch.autograd.grad(L[i], th, retain_graph=True)[0] for i in range(2)])
+    assert float(G[0] @ G.sum(0)) < 0                      # the sum's direction raises L1 to first order
+    before = [float(v) for v in L.detach()]
+    p = torch.nn.Parameter(th.detach().clone())
+    orig = p.detach().clone()
+    out = mg.direction_probe([p], G, before, lambda: [float(v) for v in mg.toy_losses(p)], lr=1e-3, length=1.0)
+    assert out == {"mgda": False, "sum": True, "unit": False}
+    assert torch.equal(p.detach(), orig)                   # bit-identical restore
+    # a zero min-norm direction (opposed gradients) is a zero step: nothing rises
+    Gz = torch.tensor([[1.0, 0.0], [-2.0, 0.0]], dtype=torch.float64)
+    q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    f = lambda: [float((q[0] - 1) ** 2), float((q[0] + 1) ** 2)]
+    assert mg.direction_probe([q], Gz, f(), f, lr=0.1, length=1.0)["mgda"] is False
+
+
+def test_train_arm_direction_probe_patience_and_timing():
+    d = images.multi_fashion(64, 32, 32, source="digits", seed=0)
+    r = mg.train_arm(d, "mgda", lr=0.05, seed=0, steps=8, batch_size=16, eval_every=2, dir_every=2)
+    assert set(r["dir_raise"]) == set(mg.DIRECTIONS) and all(0 <= v <= 1 for v in r["dir_raise"].values())
+    assert r["s_per_step"] > 0 and r["wall_s_per_step"] >= r["s_per_step"] * 0.5
+    s = mg.train_arm(d, "sum", lr=0.05, seed=0, steps=6, batch_size=16, eval_every=2, dir_every=3)
+    assert set(s["dir_raise"]) == set(mg.DIRECTIONS)
+    one = mg.train_arm(d, "single", lr=0.05, seed=0, steps=4, batch_size=16, eval_every=2, tasks=(0,), dir_every=1)
+    assert one["dir_raise"] == {}
+    # patience stops early (lr 0 never improves the first dev score)
+    st = mg.train_arm(d, "sum", lr=0.0, seed=0, steps=40, batch_size=16, eval_every=2, patience=2)
+    assert st["steps"] == 6 and st["best_step"] == 2
+
+
+def test_multilenet_stride_variant_shapes():
+    x = torch.randn(3, 1, 28, 28)
+    for ds in ("pool", "stride"):
+        Z, lg = mg.MultiLeNet(downsample=ds)(x)
+        assert Z.shape == (3, 50) and [t.shape for t in lg] == [(3, 10), (3, 10)]
+    with pytest.raises(ValueError):
+        mg.MultiLeNet(downsample="avg")

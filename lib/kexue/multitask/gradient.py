@@ -41,6 +41,7 @@ head its own full gradient, as in Sener & Koltun's code.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -348,15 +349,23 @@ def toy_trajectory(method: str, start=(-1.0, -1.5), *, lr: float = 0.01, steps: 
 
 class MultiLeNet(nn.Module):
     """Sener & Koltun's MultiMNIST network, without BatchNorm or dropout: a LeNet trunk on 1 × 28 × 28
-    (conv 5×5 → 10, max-pool, ReLU, conv 5×5 → ``width``·2, max-pool, ReLU, linear → ``z_dim``, ReLU)
-    and one head per task (linear z_dim → z_dim, ReLU, linear → ``n_classes``). ``forward`` returns
+    (conv 5×5 → ``width``, max-pool, ReLU, conv 5×5 → ``width``·2, max-pool, ReLU, linear → ``z_dim``,
+    ReLU) and one head per task (linear z_dim → z_dim, ReLU, linear → ``n_classes``). ``downsample``:
+    'pool' (the paper's 2 × 2 max-pools) or 'stride' (each conv with stride 2 and no pooling: the same
+    4 × 4 × 2·width map before the linear layer, about 4 times cheaper on a CPU). ``forward`` returns
     (Z, [logits_i]). https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
 
-    def __init__(self, n_tasks: int = 2, n_classes: int = 10, z_dim: int = 50, width: int = 10):
+    def __init__(self, n_tasks: int = 2, n_classes: int = 10, z_dim: int = 50, width: int = 10,
+                 downsample: str = "pool"):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Conv2d(1, width, 5), nn.MaxPool2d(2), nn.ReLU(),
-                                   nn.Conv2d(width, 2 * width, 5), nn.MaxPool2d(2), nn.ReLU(),
-                                   nn.Flatten(), nn.Linear(2 * width * 16, z_dim), nn.ReLU())
+        if downsample == "pool":
+            convs = [nn.Conv2d(1, width, 5), nn.MaxPool2d(2), nn.ReLU(),
+                     nn.Conv2d(width, 2 * width, 5), nn.MaxPool2d(2), nn.ReLU()]
+        elif downsample == "stride":
+            convs = [nn.Conv2d(1, width, 5, stride=2), nn.ReLU(), nn.Conv2d(width, 2 * width, 5, stride=2), nn.ReLU()]
+        else:
+            raise ValueError(f"downsample must be 'pool' or 'stride', got {downsample!r}")
+        self.trunk = nn.Sequential(*convs, nn.Flatten(), nn.Linear(2 * width * 16, z_dim), nn.ReLU())
         self.heads = nn.ModuleList(nn.Sequential(nn.Linear(z_dim, z_dim), nn.ReLU(), nn.Linear(z_dim, n_classes))
                                    for _ in range(n_tasks))
 
@@ -395,11 +404,16 @@ class MGDAStepper:
     went up). ``cos_every`` > 0 (for 'mgda_ub') computes the full-MGDA direction every that many steps
     and records its cosine with the UB direction in trunk-parameter space (``cosines``) and the inner
     products ⟨g_i, u_UB⟩ of the UB trunk update with each task's trunk gradient (``ub_inner``); this
-    probe is left out of ``seconds``.
+    probe is left out of ``seconds``. ``dir_every`` > 0 (two tasks) probes the trunk *direction* apart from
+    its length every that many steps: the min-norm ('mgda'), plain-sum ('sum') and unit-sum ('unit')
+    directions of the batch's trunk gradients, each rescaled to the length of this arm's own trunk
+    update, are tried as trunk steps of the optimizer's learning rate (heads held fixed, see
+    :func:`direction_probe`); ``dir_raised`` records, per probe and direction, whether a task's loss on
+    the batch went up (not timed either).
     https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
 
     def __init__(self, optimizer, model: MultiLeNet, X, Y, *, arm: str, tasks=(0, 1), normalize=None,
-                 frozen_alpha=None, seed: int = 0, probe: bool = True, cos_every: int = 0):
+                 frozen_alpha=None, seed: int = 0, probe: bool = True, cos_every: int = 0, dir_every: int = 0):
         if arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
         if arm == "frozen" and frozen_alpha is None:
@@ -408,10 +422,11 @@ class MGDAStepper:
         self.arm, self.tasks, self.normalize = arm, list(tasks), normalize
         self.frozen = None if frozen_alpha is None else [float(a) for a in frozen_alpha]
         self.rng = np.random.default_rng(seed)
-        self.probe, self.cos_every = probe, cos_every
+        self.probe, self.cos_every, self.dir_every = probe, cos_every, dir_every
         self.trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
         self.alphas, self.raised, self.cosines, self.ub_inner, self.before = [], [], [], [], None
-        self._idx, self.seconds, self.steps = None, 0.0, 0
+        self.dir_raised, self._shadow = [], None
+        self._idx, self.seconds, self.steps, self._t_begin = None, 0.0, 0, None
 
     def _losses(self, idx):
         x, y = self.X[idx], self.Y[idx]
@@ -450,10 +465,31 @@ class MGDAStepper:
                 self.ub_inner.append((Gp @ u_ub).tolist())   # ⟨g_i, u_UB⟩: < 0 means task i rises
                 t0 += time.perf_counter() - tp
         self.alphas.append(np.asarray(w, dtype=float) / max(float(np.sum(w)), 1e-30))
+        if self.dir_every and n == 2 and self.steps % self.dir_every == 0:   # a probe, not timed
+            tp = time.perf_counter()
+            Gp = G if arm in ("mgda", "unit") else per_task_grads(losses, self.trunk_params, "params")
+            length = float((torch.as_tensor(w, dtype=Gp.dtype).reshape(-1, 1) * Gp.detach()).sum(0).norm())
+            lr = float(self.opt.param_groups[0]["lr"])
+            if self._shadow is None:                 # a copy to probe on: the live graph stays intact
+                self._shadow = copy.deepcopy(self.model)
+            with torch.no_grad():
+                for q, p in zip(self._shadow.parameters(), self.model.parameters()):
+                    q.copy_(p)
+            shadow_trunk = [q for q, p in zip(self._shadow.trunk.parameters(), self.model.trunk.parameters())
+                            if p.requires_grad]
+            x, y = self.X[self._idx], self.Y[self._idx]
+
+            def losses_now():
+                _, lg = self._shadow(x, self.tasks)
+                return [float(F.cross_entropy(g, y[:, t])) for t, g in zip(self.tasks, lg)]
+
+            self.dir_raised.append(direction_probe(shadow_trunk, Gp.detach(), self.before, losses_now,
+                                                   lr=lr, length=length))
+            t0 += time.perf_counter() - tp
         heads = [self.model.heads[t] for t in self.tasks]
         sur = sum(F.cross_entropy(h(weighted_repr(Z, wi)), self.Y[self._idx][:, t])
                   for h, wi, t in zip(heads, w, self.tasks))
-        self.seconds += time.perf_counter() - t0
+        self._t_begin = t0          # shifted past the probes above; step() adds the time up to its update
         return sur
 
     def zero_grad(self, set_to_none: bool = True):
@@ -463,7 +499,10 @@ class MGDAStepper:
         t0 = time.perf_counter()
         self.opt.step()
         self.steps += 1
-        self.seconds += time.perf_counter() - t0
+        # the whole step: forward, per-task gradients, the surrogate's backward pass (run by the caller
+        # between loss_on and step), the update; the probes are left out
+        self.seconds += time.perf_counter() - (t0 if self._t_begin is None else self._t_begin)
+        self._t_begin = None
         if self.probe and self._idx is not None:
             with torch.no_grad():
                 _, after = self._losses(self._idx)
@@ -476,35 +515,77 @@ class MGDAStepper:
         return float(r.any(axis=1).mean()) if len(r) else math.nan
 
 
+DIRECTIONS = ("mgda", "sum", "unit")
+
+
+@torch.no_grad()
+def direction_probe(trunk_params, G, before, losses_now, *, lr: float, length: float) -> dict:
+    r"""Try each direction d of :data:`DIRECTIONS` (min-norm point of the rows of ``G``, their sum, their
+    sum of unit vectors) as the trunk step θ ← θ − lr·length·d/‖d‖ (every direction the same length),
+    read the tasks' losses with ``losses_now()`` (heads untouched), restore θ exactly, and return
+    ``{direction: bool}``: whether some task's loss rose above ``before``. A zero direction (u* = 0 at
+    a Pareto-stationary point: norm ≤ 1e-12 of the largest gradient's) is a zero step. The stepper
+    probes on a copy of the model, so the live autograd graph is never touched. https://kexue.fm/archives/8896, chapter
+    ``multitask-gradient``."""
+    Gd = G.double()
+    u_m, _, _ = mgda_direction(Gd)
+    dirs = {"mgda": u_m, "sum": Gd.sum(0),
+            "unit": (Gd / Gd.norm(dim=1, keepdim=True).clamp_min(1e-30)).sum(0)}
+    saved = [p.detach().clone() for p in trunk_params]
+    out = {}
+    for name in DIRECTIONS:
+        d = dirs[name]
+        nd = float(d.norm())
+        zero = nd <= 1e-12 * max(float(Gd.norm(dim=1).max()), 1e-300)   # u* = 0 up to rounding
+        step = torch.zeros_like(d) if zero else d * (lr * length / nd)
+        k = 0
+        for p in trunk_params:
+            m = p.numel()
+            p.sub_(step[k:k + m].reshape(p.shape).to(p.dtype))
+            k += m
+        out[name] = any(a > b for a, b in zip(losses_now(), before))
+        for p, s0 in zip(trunk_params, saved):
+            p.copy_(s0)
+    return out
+
+
 def train_arm(data: dict, arm: str, *, lr: float, seed: int, steps: int, batch_size: int, eval_every: int,
-              tasks=(0, 1), normalize=None, frozen_alpha=None, cos_every: int = 0, z_dim: int = 50,
-              width: int = 10, device=None) -> dict:
+              tasks=(0, 1), normalize=None, frozen_alpha=None, cos_every: int = 0, dir_every: int = 0,
+              patience: int | None = None, z_dim: int = 50, width: int = 10, downsample: str = "pool",
+              device=None) -> dict:
     """Train a fresh :class:`MultiLeNet` (torch seed ``seed``) with plain SGD at ``lr`` for ``steps`` steps
     through :func:`kexue.train.fit` and :class:`MGDAStepper` (``arm``; 'single' trains on the one task
     in ``tasks``); dev score: the worst task's dev accuracy, the best checkpoint restored. Returns the
     test and dev accuracies per task, worst-task test accuracy, the share of steps that raised a task's
     loss on their own batch (``raise_share``, and per task), the mean trunk weights (normalised to sum
-    1), seconds per step (the stepper's own time: forward, per-task gradients, update, probe excluded),
+    1), seconds per step (``s_per_step``: forward, per-task gradients, backward pass and update, the probes
+    excluded),
     best step, the UB/full cosines and ``ub_violation``, the share of probed steps whose UB update had
-    ⟨g_i, u_UB⟩ < 0 for some task. ``data``: :func:`kexue.data.images.multi_fashion`.
+    ⟨g_i, u_UB⟩ < 0 for some task, ``dir_raise`` (with ``dir_every``: per direction of
+    :func:`direction_probe`, the share of probed steps at which that direction, at this arm's step
+    length, raised a task's loss), ``patience`` for early stopping (:func:`kexue.train.fit`) and
+    ``wall_s_per_step`` (the whole training loop's wall time per step, evaluations and probes
+    included). ``data``: :func:`kexue.data.images.multi_fashion`.
     https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
     from ..train import fit
 
     dev = device or data["X_train"].device
     torch.manual_seed(seed)
-    model = MultiLeNet(n_tasks=2, z_dim=z_dim, width=width).to(dev)
+    model = MultiLeNet(n_tasks=2, z_dim=z_dim, width=width, downsample=downsample).to(dev)
     tasks = list(tasks)
     params = list(model.trunk.parameters()) + [p for t in tasks for p in model.heads[t].parameters()]
     opt = torch.optim.SGD(params, lr=lr)
     st = MGDAStepper(opt, model, data["X_train"], data["y_train"], arm="sum" if arm == "single" else arm,
                      tasks=tasks, normalize=normalize, frozen_alpha=frozen_alpha, seed=seed + 7919,
-                     probe=arm != "single", cos_every=cos_every)
+                     probe=arm != "single", cos_every=cos_every, dir_every=dir_every if arm != "single" else 0)
 
     def evaluate():
         return min(task_accuracies(model, data["X_dev"], data["y_dev"], tasks))
 
+    t0 = time.perf_counter()
     out = fit(params, st.loss_on, len(data["X_train"]), steps=steps, batch_size=batch_size, evaluate=evaluate,
-              eval_every=eval_every, optimizer=st, seed=seed)
+              eval_every=eval_every, optimizer=st, seed=seed, patience=patience)
+    wall = time.perf_counter() - t0
     test = task_accuracies(model, data["X_test"], data["y_test"], tasks)
     r = np.array(st.raised, dtype=bool).reshape(-1, len(tasks)) if st.raised else np.zeros((0, len(tasks)), bool)
     return {"arm": arm, "lr": lr, "seed": seed, "tasks": tasks, "test": test, "worst_test": min(test),
@@ -513,6 +594,9 @@ def train_arm(data: dict, arm: str, *, lr: float, seed: int, steps: int, batch_s
             "raise_share": float(r.any(axis=1).mean()) if len(r) else math.nan,
             "raise_share_task": r.mean(axis=0).tolist() if len(r) else [],
             "alpha_mean": np.mean(st.alphas, axis=0).tolist(), "s_per_step": st.seconds / max(st.steps, 1),
+            "wall_s_per_step": wall / max(out["steps_run"], 1),
+            "dir_raise": ({k: float(np.mean([d[k] for d in st.dir_raised])) for k in DIRECTIONS}
+                          if st.dir_raised else {}),
             "cosines": st.cosines, "ub_violation": (float(np.mean(np.min(st.ub_inner, axis=1) < 0))
                                                     if st.ub_inner else math.nan),
             "history": out["history"]}
