@@ -28,6 +28,12 @@ choose :math:`\alpha_i` when the tasks' losses live on different scales. The sch
   default of :func:`train_arm`); the shared representation ``h`` is a cheaper stand-in whose
   norm sits on another scale (a per-token mean makes :math:`\nabla_h L_i` tiny, so its weights are
   large).
+- ``mgda`` (Sener & Koltun 2018, the min-norm direction of 多任务学习漫谈（二）：行梯度之事,
+  https://kexue.fm/archives/8896, chapter ``multitask-gradient``): not a combination of the losses
+  but a routing of their gradients. The shared encoder receives :math:`\sum_i w_i\nabla L_i` with
+  :math:`w` the min-norm weights of the per-task gradients over the encoder's parameters, each head
+  its own full :math:`\nabla L_i` (:func:`mgda_loss`, used by :func:`train_arm`; :class:`LossCombiner`
+  does not take it, since it sees only the losses).
 
 The second half is the chapter's experiment: a convolutional character tagger with one head per
 task (segmentation, POS, NER on People's Daily 1998), trained with :func:`kexue.train.fit`.
@@ -41,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SCHEMES = ("sum", "fixed", "init", "prior", "realtime", "uncertainty", "gradnorm")
+SCHEMES = ("sum", "fixed", "init", "prior", "realtime", "uncertainty", "gradnorm", "mgda")
 
 
 # ------------------------------------------------------------------------------------ priors
@@ -113,6 +119,9 @@ class LossCombiner:
     def __init__(self, scheme: str, n_tasks: int, *, eps: float = 1e-8, priors=None, weights=None):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+        if scheme == "mgda":
+            raise ValueError("scheme 'mgda' routes each head's gradient apart from the encoder's; "
+                             "use mgda_loss (or train_arm), not LossCombiner")
         self.scheme, self.n, self.eps = scheme, n_tasks, eps
         self.init_losses = None
         self.uncertainty = UncertaintyWeighting(n_tasks) if scheme == "uncertainty" else None
@@ -241,6 +250,46 @@ def task_losses(model: ConvTagger, part: dict, idx, tasks, device=None):
     return h, losses
 
 
+def batch_labels(part: dict, idx, tasks, device=None) -> list:
+    """Each task's label tensor (B × T, −100 on padding) of rows ``idx``, cut to the batch's longest
+    line as in :func:`task_losses`. https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    T = int(part["mask"][idx].sum(1).max())
+    return [part[k][idx, :T].to(device) if device is not None else part[k][idx, :T] for k in tasks]
+
+
+def head_loss(model: ConvTagger, h: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Head ``task``'s mean token cross-entropy (−100 ignored) computed from a given shared
+    representation ``h`` (B × T × width), the same formula as :func:`task_losses`.
+    https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
+    logits = model.heads[task](h)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
+                           ignore_index=-100)
+
+
+def mgda_loss(model: ConvTagger, part: dict, idx, tasks, *, normalize=None):
+    r"""The MGDA surrogate of one batch (Sener & Koltun 2018; https://kexue.fm/archives/8896, chapter
+    ``multitask-gradient``): the per-task gradients :math:`g_i` of the losses of :func:`task_losses`
+    with respect to ``model.shared_parameters()``
+    (:func:`kexue.multitask.gradient.per_task_grads`, one backward pass through the encoder per task),
+    their min-norm weights :math:`w` (:func:`kexue.multitask.gradient.mgda_direction`, ``normalize``
+    as there; None: α = w, Frank–Wolfe for three tasks), and the surrogate
+    :math:`\sum_i L_i(\mathrm{head}_i(w_ih+(1-w_i)\,\mathrm{sg}[h]))`
+    (:func:`kexue.multitask.gradient.weighted_repr`). Its value is the plain sum of the losses; one
+    backward pass gives the encoder :math:`\sum_i w_ig_i` and each head its own full
+    :math:`
+abla L_i`. Returns ``(surrogate, losses, w)`` (``losses`` the per-task tensors, ``w``
+    float64 numpy)."""
+    from .gradient import mgda_direction, per_task_grads, weighted_repr
+    tasks = list(tasks)
+    h, losses = task_losses(model, part, idx, tasks)
+    G = per_task_grads(losses, model.shared_parameters(), "params")
+    _, _, w = mgda_direction(G, normalize, [L.detach() for L in losses])
+    labels = batch_labels(part, idx, tasks, h.device)
+    sur = sum(head_loss(model, weighted_repr(h, wi), y, k) for k, y, wi in zip(tasks, labels, w))
+    return sur, losses, np.asarray(w, dtype=np.float64)
+
+
 @torch.no_grad()
 def predict(model: ConvTagger, part: dict, tasks, batch_size: int = 256) -> dict:
     """Tag names predicted for every row of a split: ``{task: [list of tags per row]}``."""
@@ -307,15 +356,22 @@ def task_scores(pred: dict, part: dict, tags: dict) -> dict:
 def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, optimizer: str = "sgd",
               lr: float, steps: int, batch_size: int, eval_every: int, patience: int | None,
               seed: int, model_cfg: dict, momentum: float = 0.9, eps: float = 1e-8,
-              gradnorm_wrt: str = "params", device=None) -> dict:
-    """Train one arm with :func:`kexue.train.fit` (early stopping on the mean dev score of
+              gradnorm_wrt: str = "params", mgda_normalize=None, device=None) -> dict:
+    r"""Train one arm with :func:`kexue.train.fit` (early stopping on the mean dev score of
     ``tasks``) and score it on test. ``optimizer``: ``sgd`` (with ``momentum``) or ``adam``.
     ``prior`` weights come from the train labels (:func:`prior_loss_ce`). Returns dev and test
     scores per task, the best step, the raw per-task training losses at each evaluation and the
     final effective weights (σ² for ``uncertainty``). ``gradnorm_wrt``: the tensors whose gradient
     norm ``gradnorm`` divides by, ``"params"`` (all the model's parameters, the article's
     :math:`\nabla_\theta`) or ``"h"`` (the shared representation). https://kexue.fm/archives/8870,
-    chapter ``multitask-loss``."""
+    chapter ``multitask-loss``.
+
+    ``scheme="mgda"`` (https://kexue.fm/archives/8896, chapter ``multitask-gradient``): each step's
+    loss is the surrogate of :func:`mgda_loss` (min-norm weights of the per-task gradients over the
+    shared encoder, ``mgda_normalize`` as ``normalize`` there): the encoder receives Σ w_i ∇L_i and each
+    head its own ∇L_i. Its ``weights`` are the min-norm weights averaged over all the steps run (the
+    last step's in ``weights_last``), ``weights_by_eval`` their mean over each evaluation interval
+    (aligned with ``raw_losses``)."""
     from ..train import fit
     if gradnorm_wrt not in ("params", "h"):
         raise ValueError(f"gradnorm_wrt must be 'params' or 'h', got {gradnorm_wrt!r}")
@@ -326,14 +382,23 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
     if device is not None:
         model.to(device)
     priors = [prior_loss_ce(tr[k][tr[k] >= 0].numpy(), heads[k]) for k in tasks]
-    comb = LossCombiner(scheme, len(tasks), eps=eps, priors=priors if scheme == "prior" else None,
-                        weights=weights).to(next(model.parameters()).device)
-    params = [*model.parameters(), *comb.parameters()]
+    mgda = scheme == "mgda"
+    comb = None if mgda else LossCombiner(scheme, len(tasks), eps=eps,
+                                          priors=priors if scheme == "prior" else None,
+                                          weights=weights).to(next(model.parameters()).device)
+    params = [*model.parameters(), *(comb.parameters() if comb is not None else [])]
     opt = (torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd"
            else torch.optim.Adam(params, lr=lr))
     raw, acc = [], []
+    w_all, w_acc, w_by_eval = [], [], []
 
     def loss_on(idx, rng):
+        if mgda:
+            sur, losses, w = mgda_loss(model, tr, idx, tasks, normalize=mgda_normalize)
+            acc.append([float(L.detach()) for L in losses])
+            w_all.append(w)
+            w_acc.append(w)
+            return sur
         h, losses = task_losses(model, tr, idx, tasks)
         acc.append([float(L.detach()) for L in losses])
         return comb(losses, shared=list(model.parameters()) if gradnorm_wrt == "params" else h)
@@ -341,6 +406,9 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
     def evaluate():
         raw.append(np.mean(acc, axis=0).tolist())
         acc.clear()
+        if mgda:
+            w_by_eval.append(np.mean(w_acc, axis=0).tolist())
+            w_acc.clear()
         sc = task_scores(predict(model, dv, tasks), dv, data["tags"])
         return float(np.mean([sc[k] for k in tasks]))
 
@@ -348,6 +416,11 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
               eval_every=eval_every, optimizer=opt, seed=seed, patience=patience)
     test = task_scores(predict(model, data["test"], tasks), data["test"], data["tags"])
     dev = task_scores(predict(model, dv, tasks), dv, data["tags"])
+    if mgda:
+        return {"tasks": tasks, "scheme": scheme, "dev": dev, "test": test, "best_step": res["best_step"],
+                "steps_run": res["steps_run"], "raw_losses": raw, "priors": priors,
+                "weights": np.mean(w_all, axis=0).tolist(), "weights_last": w_all[-1].tolist(),
+                "weights_by_eval": w_by_eval}
     return {"tasks": tasks, "scheme": scheme, "dev": dev, "test": test, "best_step": res["best_step"],
             "steps_run": res["steps_run"], "raw_losses": raw, "priors": priors,
             "weights": (comb.uncertainty.sigma2.tolist() if comb.uncertainty is not None
@@ -398,13 +471,15 @@ ARMS = {  # the chapter's arms: tasks, scheme, optimizer
     "single_ner": dict(tasks=("ner",), scheme="sum", optimizer="sgd"),
     "adam_sum": dict(tasks=TASKS, scheme="sum", optimizer="adam"),
     "adam_realtime": dict(tasks=TASKS, scheme="realtime", optimizer="adam"),
+    "mgda": dict(tasks=TASKS, scheme="mgda", optimizer="sgd"),   # chapter multitask-gradient (archives/8896)
 }
 
 
 def tune_and_run(data: dict, arm: str, *, lrs, seeds, lr_seed: int, **common) -> dict:
     """One arm of :data:`ARMS`: the learning rate with the best mean dev score at ``lr_seed``
     (ties: the first), then one run per seed at that rate. The ``random`` arm draws its weights with
-    :func:`dirichlet_weights` from each run's seed. Returns ``{lr, dev_by_lr, runs}``.
+    :func:`dirichlet_weights` from each run's seed; the ``mgda`` arm (https://kexue.fm/archives/8896,
+    chapter ``multitask-gradient``) trains with :func:`mgda_loss`. Returns ``{lr, dev_by_lr, runs}``.
     https://kexue.fm/archives/8870, chapter ``multitask-loss``."""
     spec = ARMS[arm]
 
