@@ -257,3 +257,26 @@ def test_multilenet_stride_variant_shapes():
         assert Z.shape == (3, 50) and [t.shape for t in lg] == [(3, 10), (3, 10)]
     with pytest.raises(ValueError):
         mg.MultiLeNet(downsample="avg")
+
+
+def test_solver_checks_suite():
+    c = mg.solver_checks(seed=0, reps=2, max_iter=250)
+    assert c["n_sets"] == 16 and c["worst_rel_gap"] <= 1e-6 and c["max_iters"] <= 250
+    assert c["min_kkt"] >= -1e-8 and c["opposed_norm2"] < 1e-12 and c["unit_min_inner"] >= -1e-12
+    assert c["smoothed_vs_simplified"] < 1e-10
+    h = c["histories"]
+    assert h["corrective"][-1] <= 1e-12 and h["simplified"][-1] > h["corrective"][-1]
+
+
+def test_run_arms_frozen_reuses_mgda():
+    d = images.multi_fashion(64, 32, 32, source="digits", seed=0)
+    kw = dict(steps=4, batch_size=16, eval_every=2, downsample="stride")
+    out = mg.run_arms(d, ["single1", "mgda", "frozen"], lrs=[0.05, 0.1], seeds=[0, 1], dir_every=2, **kw)
+    assert out["frozen"]["lr"] == out["mgda"]["lr"] and out["frozen"]["dev_by_lr"] and len(out["frozen"]["runs"]) == 2
+    assert out["single1"]["runs"][0]["tasks"] == [1]
+    assert out["mgda"]["runs"][0]["dir_raise"]
+    for r_f, r_m in zip(out["frozen"]["runs"], out["mgda"]["runs"]):
+        assert np.allclose(r_f["alpha_mean"], np.asarray(r_m["alpha_mean"]) / np.sum(r_m["alpha_mean"]))
+    assert mg.per_seed(out, "mgda", "test", 0).shape == (2,)
+    with pytest.raises(ValueError):
+        mg.run_arms(d, ["frozen", "mgda"], lrs=[0.05], seeds=[0], **kw)

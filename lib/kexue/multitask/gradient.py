@@ -613,3 +613,100 @@ def tune_then_seeds(data: dict, arm: str, *, lrs, seeds, frozen_alphas=None, **k
     k = int(np.argmax(devs))
     runs = [first[k]] + [train_arm(data, arm, lr=lrs[k], seed=s, frozen_alpha=fa(s), **kw) for s in seeds[1:]]
     return {"lr": lrs[k], "dev_by_lr": devs, "edge": len(lrs) > 1 and k in (0, len(lrs) - 1), "runs": runs}
+
+
+# ------------------------------------------------------------------ the chapter's orchestration
+
+def random_gradient_sets(seed: int = 0, reps: int = 5):
+    """Random gradient sets for the solver checks: n ∈ {2, 3, 5, 10} tasks, P ∈ {10, 1000}, ``reps``
+    kinds each (independent; a shared component, so the hull lies away from 0; a nearly conflicting
+    pair; scales over three decades; independent again). Yields (n, P, kind, G).
+    https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
+    rng = np.random.default_rng(seed)
+    for n in (2, 3, 5, 10):
+        for P in (10, 1000):
+            for rep in range(reps):
+                G = rng.standard_normal((n, P)) / np.sqrt(P)
+                if rep % 5 == 1:
+                    G = G + rng.standard_normal(P) / np.sqrt(P)
+                if rep % 5 == 2:
+                    G[1] = -G[0] * 0.7 + 1e-3 * rng.standard_normal(P) / np.sqrt(P)
+                if rep % 5 == 3:
+                    G = G * np.logspace(-2, 1, n)[:, None]
+                yield n, P, rep, G
+
+
+def solver_checks(seed: int = 0, reps: int = 5, max_iter: int = 250) -> dict:
+    r"""The chapter's implementation checks of the solvers, in one place: over
+    :func:`random_gradient_sets`, Frank–Wolfe (default variant) against :func:`min_norm_reference`
+    (``worst_rel_gap``: the largest (f − f_ref)/max(f_ref, 1e-12·scale), ``max_iters``), the KKT slack
+    ``min_kkt`` = min over sets and i of ⟨g_i, u*⟩ − ‖u*‖²; ``opposed_norm2`` (g_2 = −2 g_1);
+    ``unit_min_inner``: min over 200 random pairs of ⟨g_i, g_1/‖g_1‖ + g_2/‖g_2‖⟩ / ‖g_i‖ (the
+    article's two-task remark); ``smoothed_vs_simplified``: the largest difference between the
+    article's averaged iteration and Frank–Wolfe with γ = 1/(k+1), over 300 iterations; ``histories``:
+    for one n = 5 set, the objective's error after each iteration of the 'simplified', 'plain' and
+    default variants (for the figure). https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
+    rel, iters, kkt, n_sets = [], [], [], 0
+    for n, P, rep, G in random_gradient_sets(seed, reps):
+        a, info = min_norm_element(G, max_iter=max_iter, return_info=True)
+        _, f_ref = min_norm_reference(G)
+        scale = float((G ** 2).sum(1).max())
+        rel.append((info["objective"] - f_ref) / max(f_ref, 1e-12 * scale))
+        iters.append(info["iters"])
+        u = a @ G
+        kkt.append(float(np.min(G @ u) - u @ u))
+        n_sets += 1
+    rng = np.random.default_rng(seed + 1)
+    g = rng.standard_normal(50)
+    ao = min_norm_element(np.stack([g, -2 * g]))
+    uo = ao @ np.stack([g, -2 * g])
+    unit = []
+    for _ in range(200):
+        g1, g2 = rng.standard_normal(5) * rng.uniform(0.01, 10), rng.standard_normal(5) * rng.uniform(0.01, 10)
+        u = g1 / np.linalg.norm(g1) + g2 / np.linalg.norm(g2)
+        unit.append(min(g1 @ u / np.linalg.norm(g1), g2 @ u / np.linalg.norm(g2)))
+    G5 = rng.standard_normal((5, 40)) / np.sqrt(40) + 0.5 * rng.standard_normal(40) / np.sqrt(40)
+    u_s, h_s = smoothed_min_iteration(G5, 300)
+    a_s, info_s = min_norm_element(G5, variant="simplified", max_iter=300, return_info=True)
+    _, f5 = min_norm_reference(G5)
+    hist = {v: np.maximum(np.array(min_norm_element(G5, variant=v, max_iter=300, return_info=True)[1]["history"])
+                          - f5, 1e-18).tolist() for v in ("simplified", "plain", "corrective")}
+    return {"n_sets": n_sets, "worst_rel_gap": float(max(rel)), "max_iters": int(max(iters)), "min_kkt": float(min(kkt)),
+            "opposed_norm2": float(uo @ uo), "unit_min_inner": float(min(unit)),
+            "smoothed_vs_simplified": float(max(np.max(np.abs(np.array(h_s) - np.array(info_s["history"]))),
+                                                np.max(np.abs(u_s - a_s @ G5)))),
+            "histories": hist}
+
+
+def run_arms(data: dict, arms, *, lrs, seeds, dir_every: int = 0, cos_every: int = 0, **kw) -> dict:
+    """Every arm of ``arms`` by the book's budget rule (:func:`tune_then_seeds`); 'single0'/'single1'
+    are the single-task models of task 0/1. 'frozen' runs after 'mgda' at MGDA's chosen rate only
+    (no tuning: the same step scale, only the adaptivity removed), each seed with that seed's MGDA
+    average weights. ``dir_every`` goes to the 'mgda' and 'sum' arms, ``cos_every`` to 'mgda_ub'.
+    Returns {arm: tune_then_seeds output}. https://kexue.fm/archives/8896, chapter
+    ``multitask-gradient``."""
+    arms = list(arms)
+    if "frozen" in arms and ("mgda" not in arms or arms.index("mgda") > arms.index("frozen")):
+        raise ValueError("'frozen' needs 'mgda' earlier in arms (it reuses MGDA's rate and weights)")
+    out = {}
+    for arm in arms:
+        extra = {}
+        if arm in ("mgda", "sum"):
+            extra["dir_every"] = dir_every
+        if arm == "mgda_ub":
+            extra["cos_every"] = cos_every
+        if arm.startswith("single"):
+            out[arm] = tune_then_seeds(data, "single", lrs=lrs, seeds=seeds, tasks=(int(arm[-1]),), **kw)
+        elif arm == "frozen":
+            fa = {r["seed"]: r["alpha_mean"] for r in out["mgda"]["runs"]}
+            out[arm] = tune_then_seeds(data, "frozen", lrs=[out["mgda"]["lr"]], seeds=seeds, frozen_alphas=fa, **kw)
+        else:
+            out[arm] = tune_then_seeds(data, arm, lrs=lrs, seeds=seeds, **extra, **kw)
+    return out
+
+
+def per_seed(results: dict, arm: str, key: str, sub=None) -> np.ndarray:
+    """The per-seed values of ``key`` (``sub``: an index or a dict key inside it) of one arm of
+    :func:`run_arms`, in seed order. https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
+    vals = [r[key] if sub is None else r[key][sub] for r in results[arm]["runs"]]
+    return np.array(vals, dtype=float)
