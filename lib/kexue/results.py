@@ -377,6 +377,28 @@ class Results:
         self.metrics[c.metric] = c.value
         return c.held
 
+    def check_paired(self, id: str, a, b, *, scale: float = 1.0) -> tuple[float, float, float]:
+        """Score claim ``id`` on the paired per-seed difference ``a − b`` (divided by ``scale``, e.g.
+        two seed sds for an "A ≈ B" claim): its mean and 90 % t interval (:func:`kexue.stats.paired_interval`),
+        per-seed values kept. Returns (mean, lo, hi) of the scaled difference."""
+        import numpy as np
+
+        from . import stats
+        d = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) / float(scale)
+        m, lo, hi = stats.mean_interval(d)
+        self.check(id, m, interval=(lo, hi), per_seed=d)
+        return m, lo, hi
+
+    def check_mean(self, id: str, x) -> tuple[float, float, float]:
+        """Score claim ``id`` on the per-seed values ``x``: their mean and 90 % t interval
+        (:func:`kexue.stats.mean_interval`), per-seed values kept. Returns (mean, lo, hi)."""
+        import numpy as np
+
+        from . import stats
+        m, lo, hi = stats.mean_interval(x)
+        self.check(id, m, interval=(lo, hi), per_seed=np.asarray(x, dtype=float))
+        return m, lo, hi
+
     def implementation_check(self, name: str, passed: bool, detail: str = "") -> None:
         """Record an implementation check (code == math); never counted; a failure stops the chapter."""
         self.checks[name] = bool(passed)

@@ -43,6 +43,12 @@ def fmt_mean_sd(x, digits: int = 3) -> str:
     return f"{m:{spec}}" if math.isnan(s) else f"{m:{spec}} ± {s:{spec}}"
 
 
+def fmt_interval(t, digits: int = 3, signed: bool = True) -> str:
+    """``"+0.012 [-0.003, +0.027]"`` for a (value, lo, hi) triple such as :func:`paired_interval`'s."""
+    spec = f"{'+' if signed else ''}.{digits}f"
+    return f"{t[0]:{spec}} [{t[1]:{spec}}, {t[2]:{spec}}]"
+
+
 def mean_interval(x, level: float = LEVEL) -> tuple[float, float, float]:
     """(mean, lo, hi): the two-sided Student-t interval of the mean over seeds.
 

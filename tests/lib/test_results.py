@@ -301,3 +301,22 @@ def test_a_claim_registered_for_large_is_carried_unscored_at_full(tmp_path):
     assert big.verdict() == "reproduced" and big.counts()["article"] == [1, 1]
     big.compare("q", "s", article="1", ours=1)
     assert not validate_record(big.record(), "bert-init-std", "large")
+
+
+def test_check_paired_and_check_mean_against_stats():
+    import numpy as np
+
+    from kexue import stats
+    res = Results("bert-init-std", scale="smoke")
+    res.claim("P", "a > b", metric="p", test=(">", 0))
+    res.claim("Q", "near", metric="q", test=(">", -1))
+    res.claim("M", "mean", metric="m", test=(">", 0))
+    a, b = [0.3, 0.5, 0.4, 0.6, 0.2], [0.1, 0.2, 0.3, 0.1, 0.0]
+    assert res.check_paired("P", a, b) == stats.paired_interval(a, b) and res.claims["P"].held
+    assert np.allclose(res.claims["P"].per_seed, np.subtract(a, b))
+    m, lo, hi = res.check_paired("Q", b, a, scale=0.5)
+    ref = stats.paired_interval(b, a)
+    assert np.allclose((m, lo, hi), np.array(ref) / 0.5)
+    assert res.check_mean("M", [0.0, 0.0, 0.0]) == (0.0, 0.0, 0.0) and not res.claims["M"].held
+    assert stats.fmt_interval((0.01234, -0.002, 0.03)) == "+0.012 [-0.002, +0.030]"
+    assert stats.fmt_interval((1.5, 1.0, 2.0), 2, signed=False) == "1.50 [1.00, 2.00]"
