@@ -280,3 +280,13 @@ def test_run_arms_frozen_reuses_mgda():
     assert mg.per_seed(out, "mgda", "test", 0).shape == (2,)
     with pytest.raises(ValueError):
         mg.run_arms(d, ["frozen", "mgda"], lrs=[0.05], seeds=[0], **kw)
+
+
+def test_train_arm_gradient_relations():
+    d = images.multi_fashion(64, 32, 32, source="digits", seed=0)
+    r = mg.train_arm(d, "mgda", lr=0.05, seed=0, steps=6, batch_size=16, eval_every=3, downsample="stride")
+    assert -1 <= r["grad_cos_mean"] <= 1 and 0 <= r["grad_conflict_share"] <= 1 and 0 <= r["sum_uphill_share"] <= 1
+    # the sum can only point uphill for a task when the two gradients conflict
+    assert r["sum_uphill_share"] <= r["grad_conflict_share"]
+    s = mg.train_arm(d, "sum", lr=0.05, seed=0, steps=4, batch_size=16, eval_every=2)
+    assert np.isnan(s["grad_cos_mean"]) and np.isnan(s["sum_uphill_share"])

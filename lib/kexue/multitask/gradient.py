@@ -425,7 +425,7 @@ class MGDAStepper:
         self.probe, self.cos_every, self.dir_every = probe, cos_every, dir_every
         self.trunk_params = [p for p in model.trunk.parameters() if p.requires_grad]
         self.alphas, self.raised, self.cosines, self.ub_inner, self.before = [], [], [], [], None
-        self.dir_raised, self._shadow = [], None
+        self.dir_raised, self._shadow, self.grad_cos, self.sum_uphill = [], None, [], []
         self._idx, self.seconds, self.steps, self._t_begin = None, 0.0, 0, None
 
     def _losses(self, idx):
@@ -448,6 +448,11 @@ class MGDAStepper:
             w = np.array(self.frozen)
         elif arm in ("mgda", "unit"):
             G = per_task_grads(losses, self.trunk_params, "params")
+            if n == 2:                       # how the two trunk gradients relate at this step
+                Gd = G.detach().double()
+                c = float(Gd[0] @ Gd[1] / (Gd[0].norm() * Gd[1].norm()).clamp_min(1e-30))
+                self.grad_cos.append(c)
+                self.sum_uphill.append(bool(float((Gd @ Gd.sum(0)).min()) < 0))
             if arm == "unit":
                 w = 1.0 / G.detach().double().norm(dim=1).clamp_min(1e-20).cpu().numpy()
             else:
@@ -565,7 +570,10 @@ def train_arm(data: dict, arm: str, *, lr: float, seed: int, steps: int, batch_s
     :func:`direction_probe`, the share of probed steps at which that direction, at this arm's step
     length, raised a task's loss), ``patience`` for early stopping (:func:`kexue.train.fit`) and
     ``wall_s_per_step`` (the whole training loop's wall time per step, evaluations and probes
-    included). ``data``: :func:`kexue.data.images.multi_fashion`.
+    included); for the arms that compute both trunk gradients every step ('mgda', 'unit'):
+    ``grad_cos_mean`` (mean cosine between them), ``grad_conflict_share`` (share of steps with a
+    negative cosine) and ``sum_uphill_share`` (share of steps at which the plain sum's direction
+    g_1 + g_2 would raise a task to first order, ⟨g_i, g_1 + g_2⟩ < 0). ``data``: :func:`kexue.data.images.multi_fashion`.
     https://kexue.fm/archives/8896, chapter ``multitask-gradient``."""
     from ..train import fit
 
@@ -595,6 +603,9 @@ def train_arm(data: dict, arm: str, *, lr: float, seed: int, steps: int, batch_s
             "raise_share_task": r.mean(axis=0).tolist() if len(r) else [],
             "alpha_mean": np.mean(st.alphas, axis=0).tolist(), "s_per_step": st.seconds / max(st.steps, 1),
             "wall_s_per_step": wall / max(out["steps_run"], 1),
+            "grad_cos_mean": float(np.mean(st.grad_cos)) if st.grad_cos else math.nan,
+            "grad_conflict_share": float(np.mean(np.array(st.grad_cos) < 0)) if st.grad_cos else math.nan,
+            "sum_uphill_share": float(np.mean(st.sum_uphill)) if st.sum_uphill else math.nan,
             "dir_raise": ({k: float(np.mean([d[k] for d in st.dir_raised])) for k in DIRECTIONS}
                           if st.dir_raised else {}),
             "cosines": st.cosines, "ub_violation": (float(np.mean(np.min(st.ub_inner, axis=1) < 0))
