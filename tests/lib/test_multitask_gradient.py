@@ -232,7 +232,7 @@ def test_direction_probe_equal_length_and_restores_exactly():
     # a zero min-norm direction (opposed gradients) is a zero step: nothing rises
     Gz = torch.tensor([[1.0, 0.0], [-2.0, 0.0]], dtype=torch.float64)
     q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    f = lambda: [float((q[0] - 1) ** 2), float((q[0] + 1) ** 2)]
+    f = lambda: [float((q.detach()[0] - 1) ** 2), float((q.detach()[0] + 1) ** 2)]
     assert mg.direction_probe([q], Gz, f(), f, lr=0.1, length=1.0)["mgda"] is False
 
 
