@@ -2,7 +2,6 @@
 kexue.data.images.multi_fashion: Frank–Wolfe against scipy's SLSQP and a grid, the KKT conditions, the
 two-task closed form, per-task gradients against separate backward passes, the weighted surrogate, the
 2-D toy, the composite images."""
-import itertools
 
 import numpy as np
 import pytest
@@ -12,20 +11,7 @@ from kexue.data import images
 from kexue.multitask import gradient as mg
 
 
-def random_sets():
-    rng = np.random.default_rng(0)
-    for n, P, rep in itertools.product([2, 3, 5, 10], [10, 1000], range(5)):
-        G = rng.standard_normal((n, P)) / np.sqrt(P)
-        if rep == 1:   # a shared component: the hull lies away from 0
-            G = G + rng.standard_normal(P) / np.sqrt(P)
-        if rep == 2:   # nearly conflicting pair
-            G[1] = -G[0] * 0.7 + 1e-3 * rng.standard_normal(P) / np.sqrt(P)
-        if rep == 3:   # very different scales
-            G = G * np.logspace(-2, 1, n)[:, None]
-        yield n, P, rep, G
-
-
-@pytest.mark.parametrize("n,P,rep,G", list(random_sets()))
+@pytest.mark.parametrize("n,P,rep,G", list(mg.random_gradient_sets(seed=0)))
 def test_frank_wolfe_matches_slsqp_and_kkt(n, P, rep, G):
     a, info = mg.min_norm_element(G, max_iter=250, return_info=True)
     assert info["iters"] <= 250

@@ -277,8 +277,7 @@ def mgda_loss(model: ConvTagger, part: dict, idx, tasks, *, normalize=None):
     :math:`\sum_i L_i(\mathrm{head}_i(w_ih+(1-w_i)\,\mathrm{sg}[h]))`
     (:func:`kexue.multitask.gradient.weighted_repr`). Its value is the plain sum of the losses; one
     backward pass gives the encoder :math:`\sum_i w_ig_i` and each head its own full
-    :math:`
-abla L_i`. Returns ``(surrogate, losses, w)`` (``losses`` the per-task tensors, ``w``
+    :math:`\nabla L_i`. Returns ``(surrogate, losses, w)`` (``losses`` the per-task tensors, ``w``
     float64 numpy)."""
     from .gradient import mgda_direction, per_task_grads, weighted_repr
     tasks = list(tasks)
@@ -416,15 +415,13 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
               eval_every=eval_every, optimizer=opt, seed=seed, patience=patience)
     test = task_scores(predict(model, data["test"], tasks), data["test"], data["tags"])
     dev = task_scores(predict(model, dv, tasks), dv, data["tags"])
+    out = {"tasks": tasks, "scheme": scheme, "dev": dev, "test": test, "best_step": res["best_step"],
+           "steps_run": res["steps_run"], "raw_losses": raw, "priors": priors}
     if mgda:
-        return {"tasks": tasks, "scheme": scheme, "dev": dev, "test": test, "best_step": res["best_step"],
-                "steps_run": res["steps_run"], "raw_losses": raw, "priors": priors,
-                "weights": np.mean(w_all, axis=0).tolist(), "weights_last": w_all[-1].tolist(),
+        return {**out, "weights": np.mean(w_all, axis=0).tolist(), "weights_last": w_all[-1].tolist(),
                 "weights_by_eval": w_by_eval}
-    return {"tasks": tasks, "scheme": scheme, "dev": dev, "test": test, "best_step": res["best_step"],
-            "steps_run": res["steps_run"], "raw_losses": raw, "priors": priors,
-            "weights": (comb.uncertainty.sigma2.tolist() if comb.uncertainty is not None
-                        else comb.last_weights.tolist())}
+    return {**out, "weights": (comb.uncertainty.sigma2.tolist() if comb.uncertainty is not None
+                               else comb.last_weights.tolist())}
 
 
 def dirichlet_weights(n_tasks: int, seed: int) -> list:
