@@ -59,14 +59,20 @@ class EncoderLayer(nn.Module):
 
     With ``trace`` (a list), each of the two sublayers appends ``(x_in, branch, x_out)``: the
     stream entering it, its branch output F(·), and the stream leaving it
-    (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    (https://kexue.fm/archives/8747, chapter ``bert-init-std``).
 
-    def __init__(self, d: int, heads: int, ffn: int, norm: str = "post", eps: float = 1e-12):
+    ``attn`` (optional) builds the attention sublayer as ``attn(d, heads)``; None is the softmax
+    :class:`SelfAttention`. Chapter ``linear-attention-infinite`` (https://kexue.fm/archives/8601)
+    passes linear-attention modules from :mod:`kexue.attention`."""
+
+    def __init__(self, d: int, heads: int, ffn: int, norm: str = "post", eps: float = 1e-12,
+                 attn=None):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
-        self.attn, self.ln1 = SelfAttention(d, heads), nn.LayerNorm(d, eps=eps)
+        self.attn = SelfAttention(d, heads) if attn is None else attn(d, heads)
+        self.ln1 = nn.LayerNorm(d, eps=eps)
         self.ffn, self.ln2 = FeedForward(d, ffn), nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor, trace: list | None = None) -> torch.Tensor:
@@ -86,15 +92,15 @@ class EncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """Token + position embeddings, embedding LN (as BERT), ``n_layers`` blocks, and for Pre-LN
     a final LN. Returns the last hidden states (https://kexue.fm/archives/8747, chapter
-    ``bert-init-std``)."""
+    ``bert-init-std``). ``attn``: the attention builder of :class:`EncoderLayer` (None: softmax)."""
 
     def __init__(self, vocab: int, n_layers: int, d: int, heads: int, ffn: int,
-                 max_len: int = 512, norm: str = "post", eps: float = 1e-12):
+                 max_len: int = 512, norm: str = "post", eps: float = 1e-12, attn=None):
         super().__init__()
         self.norm = norm
         self.tok_emb, self.pos_emb = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
         self.emb_ln = nn.LayerNorm(d, eps=eps)
-        self.layers = nn.ModuleList(EncoderLayer(d, heads, ffn, norm, eps) for _ in range(n_layers))
+        self.layers = nn.ModuleList(EncoderLayer(d, heads, ffn, norm, eps, attn) for _ in range(n_layers))
         self.final_ln = nn.LayerNorm(d, eps=eps) if norm == "pre" else None
 
     def forward(self, ids: torch.Tensor, trace: list | None = None) -> torch.Tensor:
@@ -132,13 +138,14 @@ class MLMHead(nn.Module):
 class BertMLM(nn.Module):
     """Encoder + MLM head with a tied decoder. ``mlm_loss`` evaluates the head only at the
     labelled positions (labels != -100), which gives the same loss at a fraction of the cost
-    (https://kexue.fm/archives/8747, chapter ``bert-init-std``)."""
+    (https://kexue.fm/archives/8747, chapter ``bert-init-std``). ``attn``: the attention builder
+    of :class:`EncoderLayer` (None: softmax; chapter ``linear-attention-infinite``)."""
 
     def __init__(self, vocab: int, n_layers: int, d: int, heads: int, ffn: int,
                  max_len: int = 512, norm: str = "post", head_transform: bool = True,
-                 eps: float = 1e-12):
+                 eps: float = 1e-12, attn=None):
         super().__init__()
-        self.encoder = TransformerEncoder(vocab, n_layers, d, heads, ffn, max_len, norm, eps)
+        self.encoder = TransformerEncoder(vocab, n_layers, d, heads, ffn, max_len, norm, eps, attn)
         self.head = MLMHead(self.encoder.tok_emb, head_transform, eps)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

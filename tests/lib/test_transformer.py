@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kexue.init import truncated_normal_std
 from kexue.transformer import (BertMLM, EncoderLayer, TransformerEncoder, identity_path_error, init_grad_norms, probe_init,
                                init_bert_, layer_grad_norms, random_target_mlm_loss,
-                               residual_profile, standardize)
+                               residual_profile, SelfAttention, standardize)
 
 transformers = pytest.importorskip("transformers")
 from transformers import BertConfig  # noqa: E402
@@ -252,3 +252,27 @@ def test_init_grad_norms_repeat_a_manual_draw_per_seed():
         random_target_mlm_loss(model, ids, generator=gen).backward()
         np.testing.assert_allclose(row, layer_grad_norms(model.encoder), rtol=1e-12)
     assert not np.allclose(out[0], out[1])  # independent draws
+
+
+def test_attention_builder_is_compatible_and_replaces_the_sublayer():
+    """``attn=None`` keeps the softmax SelfAttention (same draws, same output as passing the softmax
+    builder explicitly); a custom builder is called as attn(d, heads) in every layer."""
+    torch.manual_seed(0)
+    a = BertMLM(30, 2, 16, 2, 32, max_len=8)
+    torch.manual_seed(0)
+    b = BertMLM(30, 2, 16, 2, 32, max_len=8, attn=lambda d, h: SelfAttention(d, h))
+    ids = torch.randint(0, 30, (3, 8))
+    assert torch.equal(a(ids), b(ids))
+    calls = []
+
+    class Half(torch.nn.Module):
+        def __init__(self, d, h):
+            super().__init__()
+            calls.append((d, h))
+
+        def forward(self, x):
+            return 0.5 * x
+
+    enc = TransformerEncoder(30, 3, 16, 4, 32, max_len=8, attn=Half)
+    assert calls == [(16, 4)] * 3 and all(isinstance(layer.attn, Half) for layer in enc.layers)
+    assert enc(ids).shape == (3, 8, 16)
