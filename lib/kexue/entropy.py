@@ -40,7 +40,8 @@ __all__ = ["log_normalize", "entropy", "entropy_of_logp", "log_moments", "entrop
            "power_transform", "entropy_at", "newton_normalize", "bisect_gamma", "solve_gamma",
            "truncate_top_k", "truncate_top_p", "global_gamma_for_mean_entropy", "sample",
            "entropy_normalized_sample", "random_distributions", "FAMILIES", "convergence_study",
-           "convergence_grid", "converged", "mlm_distributions"]
+           "convergence_grid", "converged", "mlm_distributions",
+           "grid_share", "grid_nonpositive_share", "group_means", "sampler_streams"]
 
 FAMILIES = ("uniform-random", "dirichlet-0.1", "zipf", "peaked-softmax")
 """Synthetic start distributions of the chapter (see :func:`random_distributions`)."""
@@ -385,3 +386,57 @@ def mlm_distributions(model, tok, texts, batch_size: int = 128, max_length: int 
     V = model.config.vocab_size
     return {"logp": np.concatenate(out) if out else np.zeros((0, V)), "true": np.array(trues, dtype=int),
             "text": np.array(owners, dtype=int)}
+
+
+def grid_share(cells, method: str, k: int, tol: float, ratios=None) -> float:
+    """The share of the runs of ``cells`` (from :func:`convergence_grid`, optionally only those with
+    a ratio in ``ratios``) that :func:`converged` after ``k`` steps of ``method`` within ``tol``
+    (https://kexue.fm/archives/8829, chapter ``entropy-normalization``)."""
+    sel = [c for c in cells if ratios is None or any(np.isclose(c["ratio"], r) for r in ratios)]
+    ok = np.concatenate([converged(c, method, k, tol) for c in sel])
+    return float(ok.mean()) if ok.size else float("nan")
+
+
+def grid_nonpositive_share(cells, ratios=None) -> float:
+    """The share of the runs of ``cells`` in which Su's iteration took a step ``γ ≤ 0``
+    (https://kexue.fm/archives/8829, chapter ``entropy-normalization``)."""
+    sel = [c for c in cells if ratios is None or any(np.isclose(c["ratio"], r) for r in ratios)]
+    return float(np.concatenate([c["su_min_step"] <= 0 for c in sel]).mean())
+
+
+def group_means(x, groups) -> np.ndarray:
+    """The mean of ``x`` within each group label (labels in sorted order), e.g. per-headline means
+    of per-position values, the units of the chapter's bootstrap (https://kexue.fm/archives/8829,
+    chapter ``entropy-normalization``)."""
+    x = np.asarray(x, dtype=np.float64)
+    labels, inv = np.unique(np.asarray(groups), return_inverse=True)
+    return np.bincount(inv, weights=x) / np.bincount(inv)
+
+
+def sampler_streams(logp, true, top_p: float = 0.9, top_k: int = 40, iters: int = 4) -> dict:
+    """The samplers of the chapter on one stream of distributions (rows of ``logp``, true token
+    ``true`` per row): ``raw``, ``top-p``, ``top-k``, and, at the mean entropy of each truncated
+    stream, constant-entropy (``entnorm@top-p``, ``entnorm@top-k``: :func:`newton_normalize`, Su's
+    step, ``iters`` iterations) and one global temperature (``temp@top-p``, ``temp@top-k``). Per
+    sampler: ``H`` (entropy per row), ``acc`` (p̃(true): the chance that one sample is the true token)
+    and ``tail`` (the mass put outside the raw distribution's top-p 0.99 nucleus); ``targets`` holds
+    the two matched mean entropies and the temperatures' γ (https://kexue.fm/archives/8829, chapter
+    ``entropy-normalization``)."""
+    lp = np.asarray(logp, dtype=np.float64)
+    rows = np.arange(len(lp))
+    nucleus = np.isfinite(truncate_top_p(lp, 0.99))
+
+    def summary(q):
+        return {"H": entropy_of_logp(q), "acc": np.exp(q[rows, true]),
+                "tail": np.sum(np.where(nucleus, 0.0, np.exp(q)), axis=-1)}
+
+    out, targets = {"raw": summary(lp)}, {}
+    for name, q in (("top-p", truncate_top_p(lp, top_p)), ("top-k", truncate_top_k(lp, top_k))):
+        s = out[name] = summary(q)
+        h = float(s["H"].mean())
+        g = global_gamma_for_mean_entropy(lp, h)
+        targets[name] = {"H": h, "gamma": g}
+        out[f"entnorm@{name}"] = summary(newton_normalize(lp, h, iters=iters)["logp"])
+        out[f"temp@{name}"] = summary(power_transform(lp, g))
+    out["targets"] = targets
+    return out

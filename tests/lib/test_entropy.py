@@ -279,3 +279,24 @@ def test_mlm_distributions_on_a_tiny_bert():
         ref = torch.log_softmax(model(input_ids=ids).prediction_logits[0, 1].double(), -1).numpy()
     assert np.allclose(d["logp"][0], ref, atol=1e-5)
     assert d["true"][0] == 5 + ord("a") % 25
+
+
+def test_grid_share_group_means_and_sampler_streams():
+    cells = E.convergence_grid(["zipf"], [20], [1 / 3, 3.0], count=5, seed=1, iters=4)
+    manual = np.concatenate([E.converged(c, "su", 4, 0.01) for c in cells]).mean()
+    assert E.grid_share(cells, "su", 4, 0.01) == pytest.approx(manual)
+    assert E.grid_share(cells, "su", 4, 0.01, ratios=[3.0]) == pytest.approx(E.converged(cells[1], "su", 4, 0.01).mean())
+    assert 0.0 <= E.grid_nonpositive_share(cells) <= 1.0
+    assert np.allclose(E.group_means([1, 2, 3, 5], [7, 7, 2, 2]), [4.0, 1.5])
+    rng = np.random.default_rng(2)
+    lp = E.log_normalize(rng.standard_normal((30, 60)) * 3)
+    true = rng.integers(0, 60, 30)
+    s = E.sampler_streams(lp, true, top_p=0.8, top_k=5, iters=10)
+    assert np.allclose(s["raw"]["acc"], np.exp(lp[np.arange(30), true]))
+    for name in ("top-p", "top-k"):
+        h = s["targets"][name]["H"]
+        assert h == pytest.approx(s[name]["H"].mean())
+        assert np.allclose(s[f"entnorm@{name}"]["H"], h, atol=1e-8)
+        assert s[f"temp@{name}"]["H"].mean() == pytest.approx(h, abs=1e-6)
+    assert np.all(s["raw"]["tail"] <= 0.01 + 1e-12)  # outside the 0.99 nucleus: at most 1 % of the mass
+    assert np.all(s["top-p"]["tail"] == 0)  # the 0.8 nucleus lies inside the 0.99 nucleus
