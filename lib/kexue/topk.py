@@ -1,0 +1,506 @@
+"""Smooth approximations of the Top-k operator.
+
+Su Jianlin, Softmax后传：寻找Top-K的光滑近似 (https://kexue.fm/archives/10373, 2024-09-19).
+Chapter ``topk-smooth``.
+
+``T_k(x) ∈ {0,1}^n`` marks the k largest entries of ``x``. A smooth ``ST_k`` maps ``R^n`` into
+``{p ∈ [0,1]^n : Σp = k}`` and should be monotone (``ST_i ≥ ST_j ⇔ x_i ≥ x_j``), shift invariant
+(``ST(x + c) = ST(x)``) and tend to ``T_k`` as ``ST_k(x/τ)``, τ → 0+. For k = 1, softmax is one.
+The article's constructions, all on the last dimension of a torch tensor (any batch shape, the
+input's dtype):
+
+* :func:`iterative_soft_kmax` — Su's 2019 soft-k-max: ``x ← x − min x``, ``p ← p + softmax((1 − p) ⊗ x)``
+  k times. Neither ``p ∈ [0,1]`` nor monotonicity is proved.
+* :func:`weighted_softmax_topk` — the Stack Exchange variant ``p ← p + softmax(x; w = 1 − p)`` with
+  ``softmax(x; w)_i = w_i e^{x_i} / Σ_j w_j e^{x_j}``; the article says its τ → 0 limit for k = 2 is
+  1.5 on the maximum and 0.5 on the runner-up. In float64 ``1 − p`` underflows to 0 at small τ and
+  fakes the right limit, so :func:`weighted_softmax_topk_exact` runs the same iteration in decimal
+  arithmetic with hundreds of digits.
+* GradTopK: ``ST_k = ∇_x log Z_k``, ``Z_k = Σ_{i_1<…<i_k} e^{x_{i_1}+…+x_{i_k}}``, i.e.
+  ``[ST_k]_i = Z_{k,i}/Z_k`` (subsets containing i). :func:`grad_topk` is the article's log-domain
+  recursion ``log Z_{k,i} = x_i + log(Z_{k−1} − Z_{k−1,i})``, ``log Z_k = logsumexp_i log Z_{k,i} − log k``,
+  which breaks down (log 0 or log of a negative number) when ``Z_{k−1,i}`` and ``Z_{k−1}`` agree to
+  the working precision. :func:`grad_topk_dp` computes the same function by another recursion, the
+  elementary symmetric polynomials over the elements (sums of positive terms only, in the log
+  domain), and is stable; :func:`grad_topk_bruteforce` enumerates the subsets (tests).
+* ThreTopK: ``ST_k(x) = f(x − λ(x))`` with ``Σ_i f(x_i − λ) = k`` for an increasing f onto (0, 1).
+  :func:`thre_topk_exp` (``f = min(1, e^t)``, closed form), :func:`thre_topk_smooth` (the article's
+  C¹ ``f = 1 − e^{−t}/2`` for t ≥ 0, ``e^t/2`` below; closed form), :func:`thre_topk_sigmoid`
+  (``f = σ``, bisection, the implicit gradient ``∂λ/∂x_j = σ'_j / Σ_i σ'_i`` in a
+  ``torch.autograd.Function``; the article's stop-gradient form and a detached λ as options).
+
+Also :func:`check_properties` (sum, bounds, order, shift, finiteness per row), :func:`l1_to_hard`,
+:func:`failure_mask`, and the chapter's learning task (:func:`make_teacher`, :func:`train_selector`):
+a differentiable top-k mask trained to select the k items of highest hidden utility, evaluated with
+the hard top-k of the learned scores.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+from decimal import Decimal, localcontext
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["hard_topk", "iterative_soft_kmax", "weighted_softmax_topk", "weighted_softmax_topk_exact",
+           "grad_topk", "grad_topk_dp", "grad_topk_bruteforce", "thre_topk_exp", "thre_topk_smooth",
+           "thre_topk_sigmoid", "smooth_f", "METHODS", "check_properties", "l1_to_hard", "failure_mask",
+           "stability_scan", "make_teacher", "sample_instances", "recall_at_k", "train_selector",
+           "TRAIN_METHODS", "run_selection"]
+
+NEG_INF = -math.inf
+LOG_ZERO = -1e30
+"""The DP's stand-in for log 0: finite, so that autograd through ``logaddexp`` sees no −inf − −inf."""
+
+
+def hard_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``T_k(x)``: 1 at the k largest entries of the last dimension, 0 elsewhere (ties: torch.topk's
+    choice). https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    idx = x.topk(k, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, idx, 1.0)
+
+
+def iterative_soft_kmax(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Su's 2019 iterative soft-k-max: ``x ← x − min x``, ``p⁰ = 0``, ``p^i = p^{i−1} +
+    softmax((1 − p^{i−1}) ⊗ x)`` for i = 1..k. https://kexue.fm/archives/10373 (first in
+    https://kexue.fm/archives/6620), chapter ``topk-smooth``."""
+    x = x - x.min(-1, keepdim=True).values
+    p = torch.zeros_like(x)
+    for _ in range(k):
+        p = p + torch.softmax((1 - p) * x, dim=-1)
+    return p
+
+
+def weighted_softmax_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The Stack Exchange iteration ``p^i = p^{i−1} + softmax(x; 1 − p^{i−1})`` with the weighted
+    softmax ``w_i e^{x_i} / Σ_j w_j e^{x_j}`` (weights may turn negative for k ≥ 3; used as they are).
+    In floating point ``1 − p`` underflows at small temperatures: see
+    :func:`weighted_softmax_topk_exact`. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    e = torch.exp(x - x.max(-1, keepdim=True).values)
+    p = torch.zeros_like(x)
+    for _ in range(k):
+        we = (1 - p) * e
+        p = p + we / we.sum(-1, keepdim=True)
+    return p
+
+
+def weighted_softmax_topk_exact(x, k: int, digits: int = 300) -> np.ndarray:
+    """:func:`weighted_softmax_topk` of one vector in decimal arithmetic with ``digits`` significant
+    digits, so that ``1 − p`` does not underflow (float64 keeps 16 digits; at temperature τ the
+    weight of the maximum is about ``e^{−gap/τ}``, i.e. ``gap/(τ ln 10)`` decimal digits below 1).
+    Returns float64. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    xs = [float(v) for v in np.asarray(x, dtype=float).ravel()]
+    with localcontext() as ctx:
+        ctx.prec = digits
+        d = [Decimal(v) for v in xs]
+        mx = max(d)
+        e = [(v - mx).exp() for v in d]
+        p = [Decimal(0)] * len(d)
+        for _ in range(k):
+            we = [(1 - pi) * ei for pi, ei in zip(p, e)]
+            z = sum(we)
+            p = [pi + w / z for pi, w in zip(p, we)]
+        return np.array([float(v) for v in p])
+
+
+def _log1mexp(d: torch.Tensor) -> torch.Tensor:
+    """``log(1 − e^d)`` for ``d ≤ 0``, accurately (Mächler's split); NaN for d > 0, −inf at d = 0."""
+    return torch.where(d > -math.log(2), torch.log(-torch.expm1(d)), torch.log1p(-torch.exp(d)))
+
+
+def grad_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """GradTopK by the article's log-domain recursion: ``log Z_{1,i} = x_i``,
+    ``log Z_{j,i} = x_i + log Z_{j−1} + log(1 − e^{log Z_{j−1,i} − log Z_{j−1}})``,
+    ``log Z_j = logsumexp_i log Z_{j,i} − log j``; returns ``e^{log Z_{k,i} − log Z_k}``. The
+    ``log(1 − e^d)`` is computed as accurately as floating point allows (:func:`_log1mexp`); the
+    recursion still fails (−inf, NaN, or a wrong sum) once ``Z_{j−1,i}`` and ``Z_{j−1}`` coincide to
+    the working precision, as the article warns. Not "fixed" here: :func:`grad_topk_dp` is the stable
+    route. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    log_zs = x
+    log_z = torch.logsumexp(x, -1, keepdim=True)
+    for j in range(2, k + 1):
+        log_zs = x + log_z + _log1mexp(log_zs - log_z)
+        log_z = torch.logsumexp(log_zs, -1, keepdim=True) - math.log(j)
+    return torch.exp(log_zs - log_z)
+
+
+def _esp_prefix(x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """``L[j][..., m] = log e_m(x_1..x_j)`` for j = 0..n, m = 0..k (elementary symmetric polynomials
+    of ``e^x``), by ``e_m(..x_j) = e_m(..x_{j−1}) + e^{x_j} e_{m−1}(..x_{j−1})`` in the log domain."""
+    shape = x.shape[:-1] + (k + 1,)
+    cur = torch.full(shape, LOG_ZERO, dtype=x.dtype, device=x.device)
+    cur = torch.cat([torch.zeros_like(cur[..., :1]), cur[..., 1:]], -1)
+    out = [cur]
+    for j in range(x.shape[-1]):
+        shifted = torch.cat([torch.full_like(cur[..., :1], LOG_ZERO), cur[..., :-1] + x[..., j:j + 1]], -1)
+        cur = torch.logaddexp(cur, shifted)
+        out.append(cur)
+    return out
+
+
+def grad_topk_dp(x: torch.Tensor, k: int) -> torch.Tensor:
+    """GradTopK ``[ST_k]_i = e^{x_i} e_{k−1}(x_{−i}) / e_k(x)`` from prefix and suffix elementary
+    symmetric polynomials in the log domain (only sums of positive terms: no cancellation, no log 0).
+    The same function as :func:`grad_topk`, stable at any scale; O(n k) per row, differentiable by
+    autograd. Ours, not the article's. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    n = x.shape[-1]
+    pre = _esp_prefix(x, k)                                   # pre[j]: elements 0..j-1
+    suf = _esp_prefix(x.flip(-1), k)                          # suf[j]: the last j elements
+    log_zk = pre[n][..., k:k + 1]
+    cols = []
+    for i in range(n):
+        a = pre[i][..., :k]                                   # m = 0..k-1 from before i
+        b = suf[n - 1 - i][..., :k].flip(-1)                  # k-1-m from after i
+        cols.append(torch.logsumexp(a + b, -1, keepdim=True))
+    loo = torch.cat(cols, -1)                                 # log e_{k-1}(x without i)
+    return torch.exp(x + loo - log_zk)
+
+
+def grad_topk_bruteforce(x, k: int) -> np.ndarray:
+    """GradTopK of one vector by enumerating every k-subset (float64; for tests on tiny n).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    x = np.asarray(x, dtype=float).ravel()
+    subsets = list(itertools.combinations(range(len(x)), k))
+    s = np.array([x[list(c)].sum() for c in subsets])
+    w = np.exp(s - s.max())
+    p = np.zeros_like(x)
+    for c, wi in zip(subsets, w):
+        p[list(c)] += wi
+    return p / w.sum()
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+def _pick(lam: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor):
+    """The first candidate λ_m with ``lower_m ≤ λ_m ≤ upper_m``; where no candidate is valid (rounding),
+    the one closest to its interval. Returns (λ, number of valid candidates)."""
+    valid = (lam <= upper) & (lam >= lower)
+    n_valid = valid.sum(-1)
+    gap = torch.clamp(lam - upper, min=0) + torch.clamp(lower - lam, min=0)
+    gap = torch.where(torch.isnan(gap), torch.full_like(gap, math.inf), gap)
+    first = torch.argmax(valid.to(torch.int8), -1)
+    closest = torch.argmin(gap, -1)
+    idx = torch.where(n_valid > 0, first, closest)
+    return _gather(lam, idx), n_valid
+
+
+def _sorted_bounds(xs: torch.Tensor, n_cand: int):
+    """For candidates m = 0..n_cand-1 (m entries above λ): upper = x_(m) (+inf for m = 0) and lower =
+    x_(m+1) (−inf past the end), x sorted descending and 1-indexed as in the article."""
+    inf = torch.full_like(xs[..., :1], math.inf)
+    upper = torch.cat([inf, xs], -1)[..., :n_cand]
+    lower = torch.cat([xs, -inf], -1)[..., :n_cand]
+    return upper, lower
+
+
+def thre_topk_exp(x: torch.Tensor, k: int, return_info: bool = False):
+    """ThreTopK with ``f(t) = min(1, e^t)``: with x sorted descending and ``x_m ≥ λ ≥ x_{m+1}``,
+    ``λ = log Σ_{i>m} e^{x_i} − log(k − m)``, searched over m = 0..k−1 (the first valid m).
+    Gradients by autograd through the closed form (f is not differentiable where ``x_i = λ``).
+    ``return_info``: also (λ, number of valid m). For k = 1 it is softmax.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    xs = x.sort(-1, descending=True).values
+    tail = torch.logcumsumexp(xs.flip(-1), -1).flip(-1)          # tail[m] = log Σ_{i ≥ m} e^{xs_i}
+    m = torch.arange(k, dtype=x.dtype, device=x.device)
+    lam_c = tail[..., :k] - torch.log(k - m)
+    upper, lower = _sorted_bounds(xs, k)
+    lam, n_valid = _pick(lam_c, upper, lower)
+    p = torch.clamp(torch.exp(x - lam.unsqueeze(-1)), max=1.0)
+    return (p, lam, n_valid) if return_info else p
+
+
+def smooth_f(t: torch.Tensor) -> torch.Tensor:
+    """The article's C¹ S-curve ``f(t) = 1 − e^{−t}/2`` (t ≥ 0), ``e^t/2`` (t < 0).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    h = 0.5 * torch.exp(-t.abs())
+    return torch.where(t >= 0, 1 - h, h)
+
+
+def thre_topk_smooth(x: torch.Tensor, k: int, return_info: bool = False):
+    """ThreTopK with :func:`smooth_f`: for ``x_m ≥ λ ≥ x_{m+1}`` (x sorted descending), with
+    ``A = log Σ_{i>m} e^{x_i}``, ``B = log Σ_{i≤m} e^{−x_i}``, ``c = k − m``,
+    ``λ = A − log(√(c² + e^{A+B}) + c)``, evaluated in the log domain (no ``e^{A+B}`` overflow; for
+    c < 0 as ``λ = log(√(c²+E) + |c|) − B``, from ``√(c²+E) + c = E / (√(c²+E) + |c|)``: no cancellation). Candidates
+    m = 0..n: the article's m = 0..n−1 misses m = n (λ below every entry), which is the solution
+    when k > n/2. For k = 1 it is softmax only while max softmax(x) ≤ 1/2 (m = 0); otherwise m = 1 and
+    ``λ = (x_1 + log Σ_{i>1} e^{x_i})/2`` (the article says it is softmax at k = 1: see the tests).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    n = x.shape[-1]
+    xs = x.sort(-1, descending=True).values
+    ninf = torch.full_like(xs[..., :1], NEG_INF)
+    tail = torch.cat([torch.logcumsumexp(xs.flip(-1), -1).flip(-1), ninf], -1)   # A for m = 0..n
+    head = torch.cat([ninf, torch.logcumsumexp(-xs, -1)], -1)                       # B for m = 0..n
+    m = torch.arange(n + 1, dtype=x.dtype, device=x.device)
+    c = k - m
+    log_c = torch.log(c.abs())                                   # −inf at c = 0
+    s = tail + head                                              # log E, E = e^{A+B}
+    h = 0.5 * torch.logaddexp(2 * log_c, s)                     # log √(c² + E)
+    l_plus = torch.logaddexp(h, log_c)                           # log(√(c² + E) + |c|)
+    # c ≥ 0: λ = A − L; c < 0: λ = A − (A + B − L) = L − B (no −inf − −inf at m = n, where A = −inf)
+    lam_c = torch.where(c >= 0, tail - l_plus, l_plus - head)
+    upper, lower = _sorted_bounds(xs, n + 1)
+    lam, n_valid = _pick(lam_c, upper, lower)
+    p = smooth_f(x - lam.unsqueeze(-1))
+    return (p, lam, n_valid) if return_info else p
+
+
+def _sigmoid_lambda(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
+    """λ with ``Σ σ(x_i − λ) = k`` by bisection on the article's bracket
+    ``[x_min − σ⁻¹(k/n), x_max − σ⁻¹(k/n)]``."""
+    n = x.shape[-1]
+    off = math.log(k / (n - k))
+    lo = x.min(-1).values - off
+    hi = x.max(-1).values - off
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        big = torch.sigmoid(x - mid.unsqueeze(-1)).sum(-1) > k      # Σ too large → λ must rise
+        lo = torch.where(big, mid, lo)
+        hi = torch.where(big, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class _ThreSigmoid(torch.autograd.Function):
+    """``σ(x − λ(x))`` with the implicit gradient: ``J = diag(s) − s sᵀ / Σ s``, ``s = σ'(x − λ)``."""
+
+    @staticmethod
+    def forward(ctx, x, k, iters):
+        lam = _sigmoid_lambda(x, k, iters)
+        p = torch.sigmoid(x - lam.unsqueeze(-1))
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx, g):
+        (p,) = ctx.saved_tensors
+        s = p * (1 - p)
+        sg = s * g
+        return sg - s * sg.sum(-1, keepdim=True) / s.sum(-1, keepdim=True), None, None
+
+
+def thre_topk_sigmoid(x: torch.Tensor, k: int, grad: str = "implicit", iters: int = 64) -> torch.Tensor:
+    """ThreTopK with ``f = σ``: λ by ``iters`` bisection steps (no gradient through the search).
+    ``grad``: ``"implicit"`` — the custom backward ``∂λ/∂x_j = σ'(x_j − λ)/Σ_i σ'(x_i − λ)``;
+    ``"sg"`` — the article's stop-gradient form ``λ ≈ x·sg[∇λ] + sg[λ − x·∇λ]`` (same gradient);
+    ``"detach"`` — λ treated as a constant (the gradient the article warns is lost);
+    ``"straight_through"`` — forward the hard ``T_k(x)``, backward the implicit gradient.
+    Requires 0 < k < n. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    n = x.shape[-1]
+    if not 0 < k < n:
+        raise ValueError(f"thre_topk_sigmoid needs 0 < k < n; got k = {k}, n = {n}")
+    if grad == "implicit":
+        return _ThreSigmoid.apply(x, k, iters)
+    if grad == "straight_through":
+        soft = _ThreSigmoid.apply(x, k, iters)
+        return soft + (hard_topk(x, k) - soft).detach()
+    with torch.no_grad():
+        lam = _sigmoid_lambda(x, k, iters).unsqueeze(-1)
+    if grad == "detach":
+        return torch.sigmoid(x - lam)
+    if grad == "sg":
+        with torch.no_grad():
+            s = torch.sigmoid(x - lam)
+            s = s * (1 - s)
+            dlam = s / s.sum(-1, keepdim=True)
+        xd = (x * dlam).sum(-1, keepdim=True)
+        lam_sg = xd + (lam - xd).detach()
+        return torch.sigmoid(x - lam_sg)
+    raise ValueError(f"unknown grad {grad!r}: implicit, sg, detach or straight_through")
+
+
+METHODS = {
+    "iterative soft-k-max": iterative_soft_kmax,
+    "weighted-softmax iteration": weighted_softmax_topk,
+    "GradTopK (recursion)": grad_topk,
+    "GradTopK (symmetric-polynomial DP)": grad_topk_dp,
+    "ThreTopK, f = min(1, e^t)": thre_topk_exp,
+    "ThreTopK, smooth f": thre_topk_smooth,
+    "ThreTopK, f = σ": thre_topk_sigmoid,
+}
+"""The constructions of the article (and the stable GradTopK), by display name; ``fn(x, k) -> p``."""
+
+
+def check_properties(fn, x: torch.Tensor, k: int, shift: float = 7.25, tol: float = 1e-9) -> dict:
+    """Per-row measurements of ``p = fn(x, k)`` (numpy arrays): ``finite``; ``sum_err = |Σp − k|``;
+    ``bound_viol = max(max p − 1, −min p, 0)``; ``order_viol`` = the largest ``p_i − p_j`` over pairs
+    with ``x_i < x_j`` (0 when the order is kept; ties in x are not expected); ``shift_err =
+    max |fn(x + shift) − p|``; and booleans ``*_bad`` with the tolerance ``tol`` (non-finite rows count
+    as bad everywhere). https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    with torch.no_grad():
+        p = fn(x, k)
+        p2 = fn(x + shift, k)
+        finite = torch.isfinite(p).all(-1)
+        sum_err = (p.sum(-1) - k).abs()
+        bound = torch.clamp(torch.maximum(p.max(-1).values - 1, -p.min(-1).values), min=0)
+        order = x.argsort(-1)
+        ps = p.gather(-1, order)                                  # p in ascending order of x
+        run_max = torch.cummax(ps, -1).values
+        order_viol = (run_max - ps).max(-1).values
+        shift_err = (p2 - p).abs().max(-1).values
+    out = {"finite": finite.cpu().numpy(), "sum_err": sum_err.cpu().numpy(), "bound_viol": bound.cpu().numpy(),
+           "order_viol": order_viol.cpu().numpy(), "shift_err": shift_err.cpu().numpy()}
+    bad = ~out["finite"]
+    for key in ("sum_err", "bound_viol", "order_viol", "shift_err"):
+        v = np.nan_to_num(out[key], nan=np.inf)
+        out[key.replace("_err", "").replace("_viol", "") + "_bad"] = bad | (v > tol)
+    return out
+
+
+def l1_to_hard(fn, x: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """``‖fn(x/τ, k) − T_k(x)‖₁`` per row. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    with torch.no_grad():
+        return (fn(x / tau, k) - hard_topk(x, k)).abs().sum(-1)
+
+
+def failure_mask(p: torch.Tensor, k: int, ref: torch.Tensor | None = None, sum_tol: float = 1e-3,
+                 ref_tol: float = 1e-2) -> np.ndarray:
+    """Rows where a soft top-k failed: a non-finite entry, ``|Σp − k| > sum_tol``, or (with a reference)
+    ``max |p − ref| > ref_tol``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    with torch.no_grad():
+        p64 = p.double()
+        bad = ~torch.isfinite(p64).all(-1)
+        s = torch.nan_to_num((p64.sum(-1) - k).abs(), nan=math.inf)
+        bad |= s > sum_tol
+        if ref is not None:
+            d = torch.nan_to_num((p64 - ref.double()).abs(), nan=math.inf).max(-1).values
+            bad |= d > ref_tol
+    return bad.cpu().numpy()
+
+
+def stability_scan(methods: dict, scales, ks, *, n: int = 100, draws: int = 200, dtype=torch.float64,
+                   seed: int = 0, refs: dict | None = None) -> list[dict]:
+    """Failure shares of soft top-k functions on ``x = scale · N(0, I_n)`` (``draws`` rows per
+    (scale, k), the same rows for every method, drawn in float64 and rounded to ``dtype``). A row
+    fails (:func:`failure_mask`) when an entry is not finite or ``|Σp − k| > 1e-3``, or, where
+    ``refs[name]`` gives a float64 reference function, when ``max |p − ref| > 0.01``. For functions
+    with ``return_info`` (the closed-form ThreTopKs) the share of rows where no candidate λ passed
+    the article's validity test is kept as ``no_valid``. One dict per (method, scale, k).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    refs = refs or {}
+    out = []
+    for si, scale in enumerate(scales):
+        g = torch.Generator().manual_seed(seed * 1000 + si)
+        x64 = scale * torch.randn(draws, n, dtype=torch.float64, generator=g)
+        x = x64.to(dtype)
+        for k in ks:
+            for name, fn in methods.items():
+                with torch.no_grad():
+                    no_valid = None
+                    if fn in (thre_topk_exp, thre_topk_smooth):
+                        p, _, nv = fn(x, k, return_info=True)
+                        no_valid = float((nv == 0).double().mean())
+                    else:
+                        p = fn(x, k)
+                    ref = refs[name](x.double(), k) if name in refs else None
+                    fail = failure_mask(p, k, ref)
+                out.append({"method": name, "scale": float(scale), "k": int(k), "dtype": str(dtype).replace("torch.", ""),
+                            "failure": float(fail.mean()), "no_valid": no_valid})
+    return out
+
+
+# -- the learning task --------------------------------------------------------------------------
+def make_teacher(d: int, hidden: int = 32, seed: int = 0) -> nn.Module:
+    """A fixed random tanh MLP ``R^d → R`` that assigns each item its hidden utility (weights
+    N(0, 1/fan_in), no gradient). https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    with torch.no_grad():
+        for lin in (net[0], net[2], net[4]):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) / math.sqrt(lin.in_features))
+            lin.bias.copy_(0.5 * torch.randn(lin.bias.shape, generator=g))
+    for q in net.parameters():
+        q.requires_grad_(False)
+    return net
+
+
+def sample_instances(teacher: nn.Module, n_inst: int, n_items: int, d: int, generator: torch.Generator):
+    """``n_inst`` sets of ``n_items`` items with features N(0, I_d): (features, utilities standardised
+    by the teacher's spread on the set). https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    z = torch.randn(n_inst, n_items, d, generator=generator)
+    with torch.no_grad():
+        u = teacher(z).squeeze(-1)
+    u = (u - u.mean(-1, keepdim=True)) / (u.std(-1, keepdim=True) + 1e-8)
+    return z, u
+
+
+def recall_at_k(scores: torch.Tensor, u: torch.Tensor, k: int) -> float:
+    """Mean share of the true top-k (by utility) among the hard top-k of the scores (chance: k/n).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    with torch.no_grad():
+        return float((hard_topk(scores, k) * hard_topk(u, k)).sum(-1).mean() / k)
+
+
+TRAIN_METHODS = {
+    "ThreTopK σ, implicit ∇λ": lambda s, k: thre_topk_sigmoid(s, k, "implicit", iters=32),
+    "ThreTopK σ, λ detached": lambda s, k: thre_topk_sigmoid(s, k, "detach", iters=32),
+    "ThreTopK exp": thre_topk_exp,
+    "ThreTopK smooth f": thre_topk_smooth,
+    "GradTopK (recursion)": grad_topk,
+    "GradTopK (DP)": grad_topk_dp,
+    "iterative soft-k-max": iterative_soft_kmax,
+}
+"""The masks the learning task trains with (score tensor, k) -> soft mask; all evaluated hard. (A
+straight-through hard top-k is left out: the objective is linear in the mask, so its gradient is the
+soft mask's exactly. Bisection: 32 steps, float32's precision on these score ranges.)"""
+
+
+def train_selector(method: str, *, teacher: nn.Module, dev, test, k: int, lr: float, steps: int, seed: int,
+                   batch: int = 32, d: int = 8, hidden: int = 32, eval_every: int = 25) -> dict:
+    """Train a scorer MLP ``R^d → R`` (2 hidden tanh layers) with Adam to maximise
+    ``Σ_i mask_i u_i / k`` for the soft mask ``TRAIN_METHODS[method](scores, k)`` on fresh instances
+    each step (generator ``seed``), evaluating the hard-top-k recall on ``dev = (z, u)`` every
+    ``eval_every`` steps; the best dev checkpoint (early stopping) is scored on ``test``. A step whose
+    loss is not finite stops the run (``diverged``). Returns dev history, best dev, test recall,
+    steps, diverged, seconds. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    mask_fn = TRAIN_METHODS[method]
+    n_items = dev[0].shape[1]
+    score = lambda z: net(z).squeeze(-1)  # noqa: E731
+    hist, best, best_state, diverged, t0 = [], -1.0, None, None, time.perf_counter()
+    for step in range(steps + 1):
+        if step % eval_every == 0:
+            r = recall_at_k(score(dev[0]), dev[1], k)
+            hist.append((step, r))
+            if r > best:
+                best, best_state = r, copy.deepcopy(net.state_dict())
+        if step == steps:
+            break
+        z, u = sample_instances(teacher, batch, n_items, d, g)
+        loss = -(mask_fn(score(z), k) * u).sum(-1).mean() / k
+        if not torch.isfinite(loss):
+            diverged = step
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.load_state_dict(best_state)
+    return {"history": hist, "best_dev": best, "test": recall_at_k(score(test[0]), test[1], k),
+            "diverged": diverged, "seconds": time.perf_counter() - t0}
+
+
+def run_selection(methods, lrs, seeds, *, n_items: int = 30, k: int = 5, d: int = 8, steps: int = 500,
+                  n_eval: int = 500, batch: int = 32, eval_every: int = 25, teacher_seed: int = 0) -> dict:
+    """The learning task for every method × lr × seed (:func:`train_selector`); dev and test sets of
+    ``n_eval`` instances each from generator 1 (fixed, shared). Per method the lr is chosen by the
+    mean over seeds of the best dev recall; returns ``{method: {"lr", "test" (per seed at that lr),
+    "dev", "runs" {lr: [run per seed]}}}``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    teacher = make_teacher(d, seed=teacher_seed)
+    g = torch.Generator().manual_seed(1)
+    dev = sample_instances(teacher, n_eval, n_items, d, g)
+    test = sample_instances(teacher, n_eval, n_items, d, g)
+    out = {}
+    for m in methods:
+        runs = {lr: [train_selector(m, teacher=teacher, dev=dev, test=test, k=k, lr=lr, steps=steps, seed=s,
+                                    batch=batch, d=d, eval_every=eval_every) for s in seeds] for lr in lrs}
+        best_lr = max(lrs, key=lambda lr: float(np.mean([r["best_dev"] for r in runs[lr]])))
+        out[m] = {"lr": best_lr, "test": np.array([r["test"] for r in runs[best_lr]]),
+                  "dev": np.array([r["best_dev"] for r in runs[best_lr]]), "runs": runs}
+    return out
