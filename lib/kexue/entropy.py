@@ -22,12 +22,14 @@ current distribution every time:
 
 Write the current distribution as ``p₀^G`` (``G`` the product of the steps so far). Its slope in its
 own γ is ``G·H'(G)``, so the update is ``G ← G + (H* − H(G))/H'(G)``: exactly Newton's method on
-``H(G) = H*`` (Su: "这其实就是求解非线性方程的牛顿法了"). Newton on ``log G`` instead gives the step
-``γ = exp((H* − H)/(H² − E[(log p)²]))``, which is always positive (order kept) and, to first order, the
-same step. Taken alone it overshoots badly when ``H* ≪ H`` (``e^u`` for large ``u``), so our
-safeguarded variant (``variant="safe"``, not the article's) keeps Su's step when the entropy must fall
-(``u ≥ 0``: ``γ = 1 + u ≥ 1``) and uses ``γ = e^u ∈ (0, 1)`` when it must rise, where Su's ``1 + u``
-can reach 0 or below (``H* − H ≥ Var_p(log p)``), flattening or reversing the order.
+``H(G) = H*`` (Su: "这其实就是求解非线性方程的牛顿法了"). When the entropy must rise a lot
+(``H* − H ≥ Var_p(log p)``) the step ``1 + u`` is ≤ 0, which flattens or reverses the order.
+
+Our safeguarded variant (``variant="safe"``, not the article's) is the textbook safeguarded Newton
+method: since ``H`` is monotone in ``G``, every evaluation narrows a bracket on ``log G``; Su's step is
+taken when it lands inside the bracket (and ``γ > 0``), otherwise the bracket's midpoint in ``log G``,
+or, while the bracket is still open on that side, a step of ``log G`` by ``u`` clipped to ``[−2, 2]``
+(Newton on ``log G`` with a trust region). Every step is positive and it cannot stall at ``G = 0``.
 
 Everything is in log space (float64 NumPy), vectorised over leading axes: ``logp`` has shape
 ``(..., n)``, with ``−inf`` for zero probabilities; those entries contribute 0 to every sum and stay 0.
@@ -41,7 +43,8 @@ __all__ = ["log_normalize", "entropy", "entropy_of_logp", "log_moments", "entrop
            "truncate_top_k", "truncate_top_p", "global_gamma_for_mean_entropy", "sample",
            "entropy_normalized_sample", "random_distributions", "FAMILIES", "convergence_study",
            "convergence_grid", "converged", "mlm_distributions",
-           "grid_share", "grid_nonpositive_share", "group_means", "sampler_streams"]
+           "grid_share", "grid_nonpositive_share", "group_means", "sampler_streams",
+           "seed_shares", "seed_nonpositive_shares", "grouped_interval", "grouped_paired_interval"]
 
 FAMILIES = ("uniform-random", "dirichlet-0.1", "zipf", "peaked-softmax")
 """Synthetic start distributions of the chapter (see :func:`random_distributions`)."""
@@ -128,8 +131,9 @@ def newton_normalize(logp, target, iters: int = 4, variant: str = "su") -> dict:
 
     ``variant="su"``: the article's step ``γ = 1 + (H* − H)/(H² − E[(log p)²])`` (Newton on the
     cumulative exponent ``G``; a step may be ≤ 0, which flattens or reverses the order);
-    ``variant="safe"``: with ``u = (H* − H)/(H² − E[(log p)²])``, ``γ = 1 + u`` for ``u ≥ 0`` and
-    ``γ = e^u`` for ``u < 0`` (Newton on ``log G`` when the entropy must rise; always ``γ > 0``).
+    ``variant="safe"``: the safeguarded Newton method of the module docstring (Su's step when it stays
+    inside the bracket on ``log G`` that the evaluations so far give; otherwise the bracket's midpoint,
+    or ``log G`` moved by ``u`` clipped to ``[−2, 2]`` while the bracket is open on that side).
     A row whose slope is 0 (uniform on its support, or ties at the top) keeps ``γ = 1``.
 
     Returns ``logp`` (the final distribution), ``gamma`` (the cumulative ``G``: ``p_final =
@@ -143,13 +147,25 @@ def newton_normalize(logp, target, iters: int = 4, variant: str = "su") -> dict:
     shape = lp.shape[:-1]
     tgt = _target(target, shape)
     G = np.ones(shape)
+    lo, hi = np.full(shape, -np.inf), np.full(shape, np.inf)  # bracket on log G (variant "safe")
     trace, steps = [], []
     for _ in range(iters):
         h = entropy_of_logp(lp)
         s = entropy_slope(lp)
         ok = s < -1e-300
         u = np.where(ok, (tgt - h) / np.where(ok, s, -1.0), 0.0)
-        gam = 1.0 + u if variant == "su" else np.where(u >= 0, 1.0 + u, np.exp(np.minimum(u, 0.0)))
+        gam = 1.0 + u
+        if variant == "safe":
+            with np.errstate(divide="ignore"):
+                lg = np.log(G)
+            lo, hi = np.where(h > tgt, np.maximum(lo, lg), lo), np.where(h < tgt, np.minimum(hi, lg), hi)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                new = lg + np.log(np.where(gam > 0, gam, np.nan))
+            inside = (gam > 0) & (new >= lo) & (new <= hi)
+            closed = np.isfinite(lo) & np.isfinite(hi)
+            fallback = np.where(closed, (lo + hi) / 2, lg + np.clip(u, -2.0, 2.0))
+            new = np.where(inside | ~ok, np.where(ok, new, lg), fallback)
+            gam = np.exp(new - lg)
         trace.append(h)
         steps.append(gam)
         G = G * gam
@@ -440,3 +456,33 @@ def sampler_streams(logp, true, top_p: float = 0.9, top_k: int = 40, iters: int 
         out[f"temp@{name}"] = summary(power_transform(lp, g))
     out["targets"] = targets
     return out
+
+
+def seed_shares(grids, method: str, k: int, tol: float, ratios=None) -> np.ndarray:
+    """:func:`grid_share` of each seed's grid (``grids``: one :func:`convergence_grid` per seed): the
+    per-seed values the chapter's claims are scored on (https://kexue.fm/archives/8829, chapter
+    ``entropy-normalization``)."""
+    return np.array([grid_share(g, method, k, tol, ratios=ratios) for g in grids])
+
+
+def seed_nonpositive_shares(grids, ratios=None) -> np.ndarray:
+    """:func:`grid_nonpositive_share` of each seed's grid (https://kexue.fm/archives/8829, chapter
+    ``entropy-normalization``)."""
+    return np.array([grid_nonpositive_share(g, ratios=ratios) for g in grids])
+
+
+def grouped_interval(x, groups, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of the per-group means of ``x`` and its 90 % percentile bootstrap
+    interval over groups (:func:`kexue.stats.bootstrap_interval`), e.g. positions grouped by headline
+    (https://kexue.fm/archives/8829, chapter ``entropy-normalization``)."""
+    from . import stats
+    return stats.bootstrap_interval(group_means(x, groups), n_resamples=n_resamples, seed=seed)
+
+
+def grouped_paired_interval(a, b, groups, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(difference, lo, hi): mean of per-group means of ``a`` minus that of ``b``, with the 90 % paired
+    percentile bootstrap over groups (:func:`kexue.stats.paired_bootstrap_interval`)
+    (https://kexue.fm/archives/8829, chapter ``entropy-normalization``)."""
+    from . import stats
+    return stats.paired_bootstrap_interval(group_means(a, groups), group_means(b, groups),
+                                           n_resamples=n_resamples, seed=seed)

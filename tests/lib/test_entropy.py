@@ -141,21 +141,25 @@ def test_newton_converges_to_the_bisection_reference_vectorised():
         assert out["trace"].shape == (13, 8) and out["steps"].shape == (12, 8)
 
 
-def test_safe_variant_steps_positive_and_first_order_equal():
+def test_safe_variant_steps_positive_and_converges_where_su_fails():
     lp = E.random_distributions("zipf", 1000, 6, seed=6)
     target = 0.95 * math.log(1000)
     su = E.newton_normalize(lp, target, iters=1)
     assert np.any(su["steps"] <= 0)  # Su's step overshoots past gamma = 0 for this far, rising target
     out = E.newton_normalize(lp, target, iters=30, variant="safe")
     assert np.all(out["steps"] > 0) and np.allclose(out["trace"][-1], target, atol=1e-9)
+    # a near-one-hot row moved far up, and far down: no stall at G = 0
+    peaked = E.log_normalize(np.array([[12.0, 0.0, -1.0, 0.5, 0.2, -3.0] + [0.0] * 94]))
+    for t in (4.0, 0.001):
+        o = E.newton_normalize(peaked, t, iters=60, variant="safe")
+        assert np.all(o["steps"] > 0) and abs(o["trace"][-1, 0] - t) < 1e-8
+        assert o["gamma"][0] == pytest.approx(E.solve_gamma(peaked, t)[0], rel=1e-6)
+    # where Su's first step is valid (inside the open bracket), the first steps agree
     h = E.entropy_of_logp(lp)
-    # falling targets: the same step as Su's; rising targets near the start: equal to first order
-    a = E.newton_normalize(lp, h - 0.5, iters=3)
-    b = E.newton_normalize(lp, h - 0.5, iters=3, variant="safe")
-    assert np.allclose(a["steps"], b["steps"], rtol=1e-12)
-    a = E.newton_normalize(lp, h + 1e-4, iters=1)["steps"][0]
-    b = E.newton_normalize(lp, h + 1e-4, iters=1, variant="safe")["steps"][0]
-    assert np.allclose(a, b, atol=1e-6)
+    for d in (-0.5, 1e-4):
+        a = E.newton_normalize(lp, h + d, iters=1)["steps"][0]
+        b = E.newton_normalize(lp, h + d, iters=1, variant="safe")["steps"][0]
+        assert np.allclose(a, b, rtol=1e-12)
     with pytest.raises(ValueError):
         E.newton_normalize(lp, 1.0, variant="halley")
 
@@ -300,3 +304,15 @@ def test_grid_share_group_means_and_sampler_streams():
         assert s[f"temp@{name}"]["H"].mean() == pytest.approx(h, abs=1e-6)
     assert np.all(s["raw"]["tail"] <= 0.01 + 1e-12)  # outside the 0.99 nucleus: at most 1 % of the mass
     assert np.all(s["top-p"]["tail"] == 0)  # the 0.8 nucleus lies inside the 0.99 nucleus
+
+
+def test_seed_shares_and_grouped_intervals():
+    grids = [E.convergence_grid(["zipf"], [20], [3.0], count=4, seed=s, iters=3) for s in (0, 1)]
+    assert np.allclose(E.seed_shares(grids, "su", 3, 0.01), [E.grid_share(g, "su", 3, 0.01) for g in grids])
+    assert np.allclose(E.seed_nonpositive_shares(grids), [E.grid_nonpositive_share(g) for g in grids])
+    x = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    grp = np.array([0, 0, 1, 1, 2, 2])
+    m, lo, hi = E.grouped_interval(x, grp, n_resamples=200)
+    assert m == pytest.approx(0.5) and lo <= m <= hi
+    d, lo, hi = E.grouped_paired_interval(x, np.zeros(6), grp, n_resamples=200)
+    assert d == pytest.approx(0.5) and lo <= d <= hi
