@@ -379,7 +379,8 @@ def stability_scan(methods: dict, scales, ks, *, n: int = 100, draws: int = 200,
     fails (:func:`failure_mask`) when an entry is not finite or ``|Σp − k| > 1e-3``, or, where
     ``refs[name]`` gives a float64 reference function, when ``max |p − ref| > 0.01``. For functions
     with ``return_info`` (the closed-form ThreTopKs) the share of rows where no candidate λ passed
-    the article's validity test is kept as ``no_valid``. One dict per (method, scale, k).
+    the article's validity test is kept as ``no_valid`` (its code would stop there; ours falls back to the
+closest candidate), and ``failure_or_no_valid`` counts either. One dict per (method, scale, k).
     https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
     refs = refs or {}
     out = []
@@ -390,16 +391,17 @@ def stability_scan(methods: dict, scales, ks, *, n: int = 100, draws: int = 200,
         for k in ks:
             for name, fn in methods.items():
                 with torch.no_grad():
-                    no_valid = None
+                    nv = None
                     if fn in (thre_topk_exp, thre_topk_smooth):
                         p, _, nv = fn(x, k, return_info=True)
-                        no_valid = float((nv == 0).double().mean())
+                        nv = (nv == 0).cpu().numpy()
                     else:
                         p = fn(x, k)
                     ref = refs[name](x.double(), k) if name in refs else None
                     fail = failure_mask(p, k, ref)
                 out.append({"method": name, "scale": float(scale), "k": int(k), "dtype": str(dtype).replace("torch.", ""),
-                            "failure": float(fail.mean()), "no_valid": no_valid})
+                            "failure": float(fail.mean()), "no_valid": None if nv is None else float(nv.mean()),
+                            "failure_or_no_valid": float(fail.mean() if nv is None else (fail | nv).mean())})
     return out
 
 
