@@ -368,6 +368,18 @@ def masked_eval(model, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 
     return {"ce": nll / count, "acc": correct / count}
 
 
+def build_model(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, ffn: int,
+                layers: int, seed: int):
+    """The task's :class:`kexue.transformer.BertMLM` (Pre-LN, tied head without transform) with
+    :class:`MultiHeadAttention` of ``kind`` and ``qk_dim``, initialised from ``torch.manual_seed(seed)``
+    (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    from .transformer import BertMLM
+
+    torch.manual_seed(seed)
+    return BertMLM(data["vocab"] + 1, layers, d, heads, ffn, max_len=data["length"], norm="pre",
+                   head_transform=False, eps=1e-5, attn=attention_builder(kind, qk_dim))
+
+
 def train_arm(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, ffn: int,
               layers: int, lr: float, steps: int, batch: int, eval_every: int, patience: int,
               seed: int) -> dict:
@@ -377,11 +389,8 @@ def train_arm(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, 
     test CE / accuracy, best_step, steps_run, seconds, n_params and the model
     (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
     from .train import fit
-    from .transformer import BertMLM
 
-    torch.manual_seed(seed)
-    model = BertMLM(data["vocab"] + 1, layers, d, heads, ffn, max_len=data["length"], norm="pre",
-                    head_transform=False, eps=1e-5, attn=attention_builder(kind, qk_dim))
+    model = build_model(data, kind=kind, qk_dim=qk_dim, d=d, heads=heads, ffn=ffn, layers=layers, seed=seed)
     train, vocab, mask_id = data["train"], data["vocab"], data["mask_id"]
     g = torch.Generator().manual_seed(seed)
 
@@ -402,6 +411,29 @@ def train_arm(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, 
             "best_step": out["best_step"], "steps_run": out["steps_run"],
             "seconds": time.perf_counter() - t0, "n_params": sum(p.numel() for p in model.parameters()),
             "model": model}
+
+
+def run_arms(data: dict, arms: dict, *, lrs, seeds, **kw) -> dict:
+    """Every arm (name → (kind, qk_dim)) at every lr of the grid and every seed (:func:`train_arm` with
+    ``kw``), the lr chosen per arm by :func:`select_by_dev`. Returns name → {lr, runs (the chosen lr's,
+    by seed), all (every run)} (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    out = {}
+    for name, (kind, qk_dim) in arms.items():
+        runs = [train_arm(data, kind=kind, qk_dim=qk_dim, lr=lr, seed=s, **kw) for lr in lrs for s in seeds]
+        lr, best = select_by_dev(runs)
+        out[name] = {"lr": lr, "runs": best, "all": runs}
+    return out
+
+
+def needed_order(rows: list[dict], scheme: str, tol: float) -> tuple[int, int, bool]:
+    """From :func:`approximation_errors` rows: the smallest order of ``scheme`` whose TV ≤ ``tol``,
+    its dimension, and whether it was reached (if not: the largest order tried and its dimension, a
+    lower bound) (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    cand = sorted((r for r in rows if r["scheme"] == scheme), key=lambda r: r["order"])
+    for r in cand:
+        if r["tv"] <= tol:
+            return r["order"], r["dim"], True
+    return cand[-1]["order"], cand[-1]["dim"], False
 
 
 def select_by_dev(runs: list[dict]) -> tuple[float, list[dict]]:

@@ -195,3 +195,17 @@ def test_task_data_and_a_short_training_run():
     assert lr in (1e-3, 1e-2) and [r["seed"] for r in best] == [0, 1]
     ranks = A.attention_ranks(runs[0]["model"], inp[:3])
     assert ranks.shape == (1, 3, 2) and (ranks >= 1 - 1e-9).all() and (ranks <= 8 + 1e-9).all()
+
+
+def test_run_arms_build_model_and_needed_order():
+    data = A.task_data("topic", n_train=32, n_dev=8, n_test=8, length=8, vocab=8, topics=2, seed=0)
+    kw = dict(d=8, heads=2, ffn=16, layers=1, steps=10, batch=8, eval_every=5, patience=None)
+    out = A.run_arms(data, {"soft": ("softmax", None), "lin4": ("linear", 8)}, lrs=[1e-3, 1e-2], seeds=[0, 1], **kw)
+    assert set(out) == {"soft", "lin4"} and len(out["lin4"]["all"]) == 4 and len(out["lin4"]["runs"]) == 2
+    assert out["lin4"]["runs"][0]["qk_dim"] == 8
+    m0 = A.build_model(data, kind="softmax", qk_dim=None, d=8, heads=2, ffn=16, layers=1, seed=0)
+    m1 = A.build_model(data, kind="softmax", qk_dim=None, d=8, heads=2, ffn=16, layers=1, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters()))
+    rows = [{"scheme": "taylor", "order": n, "dim": 5 ** n, "tv": 1.0 / n} for n in (1, 2, 3)]
+    assert A.needed_order(rows, "taylor", 0.5) == (2, 25, True)
+    assert A.needed_order(rows, "taylor", 0.1) == (3, 125, False)
