@@ -446,17 +446,37 @@ def select_by_dev(runs: list[dict]) -> tuple[float, list[dict]]:
 
 
 @torch.no_grad()
-def attention_ranks(model, inputs: torch.Tensor) -> np.ndarray:
-    """Effective rank (:func:`effective_rank`) of every attention matrix the model's layers apply to
-    ``inputs``: array (layers, batch, heads) (https://kexue.fm/archives/8601, chapter
-    ``linear-attention-infinite``)."""
+def attention_matrices(model, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """The attention matrices every layer of a :func:`build_model` model applies to ``inputs``: one
+    (batch, heads, n, n) tensor per layer, in the model's dtype (https://kexue.fm/archives/8601,
+    chapter ``linear-attention-infinite``)."""
     enc = model.encoder
     pos = torch.arange(inputs.shape[1])
     x = enc.emb_ln(enc.tok_emb(inputs) + enc.pos_emb(pos))
     out = []
     for layer in enc.layers:
         h = layer.ln1(x) if layer.norm == "pre" else x
-        a = layer.attn.attention_matrices(h)
-        out.append([[effective_rank(a[b, j]) for j in range(a.shape[1])] for b in range(a.shape[0])])
+        out.append(layer.attn.attention_matrices(h))
         x = layer(x)
-    return np.array(out)
+    return out
+
+
+@torch.no_grad()
+def attention_ranks(model, inputs: torch.Tensor) -> np.ndarray:
+    """Effective rank (:func:`effective_rank`) of every attention matrix the model's layers apply to
+    ``inputs``: array (layers, batch, heads) (https://kexue.fm/archives/8601, chapter
+    ``linear-attention-infinite``)."""
+    return np.array([[[effective_rank(a[b, j]) for j in range(a.shape[1])] for b in range(a.shape[0])]
+                     for a in attention_matrices(model, inputs)])
+
+
+@torch.no_grad()
+def max_numerical_rank(model, inputs: torch.Tensor, rtol: float = 1e-10) -> int:
+    """The largest :func:`numerical_rank` over every attention matrix of a float64 copy of ``model``
+    on ``inputs``: at most the feature dimension for linear attention (https://kexue.fm/archives/8601,
+    chapter ``linear-attention-infinite``)."""
+    import copy
+
+    m64 = copy.deepcopy(model).double()
+    return max(numerical_rank(a[b, j], rtol) for a in attention_matrices(m64, inputs)
+               for b in range(a.shape[0]) for j in range(a.shape[1]))

@@ -209,3 +209,17 @@ def test_run_arms_build_model_and_needed_order():
     rows = [{"scheme": "taylor", "order": n, "dim": 5 ** n, "tv": 1.0 / n} for n in (1, 2, 3)]
     assert A.needed_order(rows, "taylor", 0.5) == (2, 25, True)
     assert A.needed_order(rows, "taylor", 0.1) == (3, 125, False)
+
+
+def test_max_numerical_rank_of_linear_models_is_capped():
+    data = A.task_data("mirror", n_train=8, n_dev=4, n_test=4, length=16, vocab=6, seed=0)
+    inp = data["test"][0]
+    lin = A.build_model(data, kind="linear", qk_dim=3, d=8, heads=2, ffn=16, layers=2, seed=0)
+    soft = A.build_model(data, kind="softmax", qk_dim=3, d=8, heads=2, ffn=16, layers=2, seed=0)
+    with torch.no_grad():
+        for m in (lin, soft):
+            for layer in m.encoder.layers:
+                layer.attn.q.weight.mul_(20)
+    assert A.max_numerical_rank(lin, inp) <= 3
+    assert A.max_numerical_rank(soft, inp) > 3
+    assert len(A.attention_matrices(lin, inp)) == 2
