@@ -425,6 +425,12 @@ def run_arms(data: dict, arms: dict, *, lrs, seeds, **kw) -> dict:
     return out
 
 
+def tv_at(rows: list[dict], scheme: str, dim: int) -> float:
+    """The TV error of ``scheme`` at feature dimension ``dim`` in :func:`approximation_errors` rows
+    (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    return next(r["tv"] for r in rows if r["scheme"] == scheme and r["dim"] == dim)
+
+
 def needed_order(rows: list[dict], scheme: str, tol: float) -> tuple[int, int, bool]:
     """From :func:`approximation_errors` rows: the smallest order of ``scheme`` whose TV ≤ ``tol``,
     its dimension, and whether it was reached (if not: the largest order tried and its dimension, a

@@ -223,3 +223,8 @@ def test_max_numerical_rank_of_linear_models_is_capped():
     assert A.max_numerical_rank(lin, inp) <= 3
     assert A.max_numerical_rank(soft, inp) > 3
     assert len(A.attention_matrices(lin, inp)) == 2
+
+
+def test_tv_at():
+    rows = [{"scheme": "taylor", "dim": 5, "tv": 0.3}, {"scheme": "performer", "dim": 5, "tv": 0.2}]
+    assert A.tv_at(rows, "performer", 5) == 0.2
