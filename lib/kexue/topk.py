@@ -50,7 +50,11 @@ __all__ = ["hard_topk", "iterative_soft_kmax", "weighted_softmax_topk", "weighte
            "grad_topk", "grad_topk_dp", "grad_topk_bruteforce", "thre_topk_exp", "thre_topk_smooth",
            "thre_topk_sigmoid", "smooth_f", "METHODS", "check_properties", "l1_to_hard", "failure_mask",
            "stability_scan", "make_teacher", "sample_instances", "recall_at_k", "train_selector",
-           "TRAIN_METHODS", "run_selection"]
+           "TRAIN_METHODS", "run_selection", "PROPERTY_KEYS", "self_checks", "property_scan", "property_summary",
+           "property_table", "violation_by_cell", "cell_table", "l1_curves", "weighted_softmax_rows", "stability_fail",
+           "stability_pooled", "plot_stability", "smooth_k1_gap", "best_step", "diverged_share", "selection_table",
+           "mean_dev_curve", "self_check_rows", "plot_l1_curves", "STABILITY_METHODS", "STABILITY_REFS",
+           "stability_scans", "scan_mean", "max_no_valid", "smooth_k1_table", "plot_dev_curves"]
 
 NEG_INF = -math.inf
 LOG_ZERO = -1e30
@@ -506,3 +510,243 @@ def run_selection(methods, lrs, seeds, *, n_items: int = 30, k: int = 5, d: int 
         out[m] = {"lr": best_lr, "test": np.array([r["test"] for r in runs[best_lr]]),
                   "dev": np.array([r["best_dev"] for r in runs[best_lr]]), "runs": runs}
     return out
+
+
+# -- the chapter's summaries (tables and pooled shares of the scans) -----------------------------
+PROPERTY_KEYS = ("sum_bad", "bound_bad", "order_bad", "shift_bad")
+
+
+def self_checks(seed: int = 0) -> dict:
+    """The chapter's implementation checks on small random inputs (generator ``seed``): ``err_bf``,
+    the largest gap of GradTopK (recursion and DP) to the subset enumeration (20 draws, n = 10,
+    k = 3); ``err_sm``, the largest gap of ThreTopK exp and both GradTopKs to softmax at k = 1 (3·x);
+    ``gradcheck`` of the σ-ThreTopK's custom backward (float64, n = 8, k = 3); the largest gaps of
+    its implicit gradient to the sg form (``imp_sg``) and to the detached λ (``imp_det``) for a random
+    linear loss. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    g = torch.Generator().manual_seed(seed)
+    xb = torch.randn(20, 10, dtype=torch.float64, generator=g)
+    bf = torch.tensor(np.stack([grad_topk_bruteforce(r, 3) for r in xb.numpy()]))
+    err_bf = max(float((grad_topk(xb, 3) - bf).abs().max()), float((grad_topk_dp(xb, 3) - bf).abs().max()))
+    err_sm = max(float((fn(3 * xb, 1) - torch.softmax(3 * xb, -1)).abs().max())
+                 for fn in (thre_topk_exp, grad_topk, grad_topk_dp))
+    xg = xb[:3, :8].clone().requires_grad_(True)
+    gc = torch.autograd.gradcheck(thre_topk_sigmoid, (xg, 3, "implicit", 80), eps=1e-6, atol=1e-7, rtol=1e-5)
+    w = torch.randn(3, 8, dtype=torch.float64, generator=g)
+    g_imp, g_sg, g_det = (torch.autograd.grad((thre_topk_sigmoid(xg, 3, mode) * w).sum(), xg)[0]
+                          for mode in ("implicit", "sg", "detach"))
+    return {"err_bf": err_bf, "err_sm": err_sm, "gradcheck": bool(gc),
+            "sg_same": bool(torch.allclose(g_imp, g_sg, atol=1e-12)),
+            "imp_sg": float((g_imp - g_sg).abs().max()), "imp_det": float((g_imp - g_det).abs().max())}
+
+
+def property_scan(scales, ks, *, n: int = 100, draws: int = 1000, seed: int = 0, tol: float = 1e-6,
+                  methods: dict | None = None) -> dict:
+    """:func:`check_properties` of every method on ``x = scale · N(0, I_n)`` (``draws`` float64 rows
+    per scale from generator ``seed·1000 + index of the scale``, shared by all k and methods), keyed
+    ``(method, scale, k)``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    methods = METHODS if methods is None else methods
+    props = {}
+    for si, s in enumerate(scales):
+        x = s * torch.randn(draws, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed * 1000 + si))
+        for k in ks:
+            for name, fn in methods.items():
+                props[name, s, k] = check_properties(fn, x, k, tol=tol)
+    return props
+
+
+def property_summary(props: dict, scales, ks, methods=None) -> tuple[dict, dict]:
+    """From :func:`property_scan`: ``share[method][key]``, the share of draws with each violation
+    (``PROPERTY_KEYS``) averaged over the (scale, k) cells, and ``worst[method]`` the largest
+    ``bound_viol`` / ``order_viol`` over all draws (a non-finite entry counts as ∞).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    methods = list(METHODS if methods is None else methods)
+    cells = [(s, k) for s in scales for k in ks]
+    share = {name: {key: float(np.mean([props[name, s, k][key].mean() for s, k in cells])) for key in PROPERTY_KEYS}
+             for name in methods}
+    worst = {name: {key: float(np.nanmax([np.nan_to_num(props[name, s, k][key], nan=np.inf).max() for s, k in cells]))
+                    for key in ("bound_viol", "order_viol")} for name in methods}
+    return share, worst
+
+
+def property_table(share: dict, worst: dict) -> tuple[list, list]:
+    """Header and rows (one per method) of the property scan's table from :func:`property_summary`.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    header = ["method", "sum ≠ k", "outside [0, 1]", "order reversed", "shift moves it", "worst bound excess",
+              "worst order reversal"]
+    rows = [[n] + [f"{share[n][key]:.1%}" for key in PROPERTY_KEYS]
+            + [f"{worst[n]['bound_viol']:.2g}", f"{worst[n]['order_viol']:.2g}"] for n in share]
+    return header, rows
+
+
+def violation_by_cell(props: dict, name: str, scales, ks) -> dict:
+    """Share of draws of ``name`` outside [0, 1] or out of order, per ``(scale, k)`` cell of
+    :func:`property_scan`. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return {(s, k): float((props[name, s, k]["bound_bad"] | props[name, s, k]["order_bad"]).mean())
+            for s in scales for k in ks}
+
+
+def cell_table(values: dict, scales, ks, fmt: str = ".1%") -> tuple[list, list]:
+    """Header and rows of a scale × k table of ``values[(scale, k)]``.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return ["scale"] + [f"k = {k}" for k in ks], [[s] + [format(values[s, k], fmt) for k in ks] for s in scales]
+
+
+def l1_curves(x: torch.Tensor, k: int, taus, methods: dict | None = None) -> dict:
+    """Mean :func:`l1_to_hard` over the rows of ``x`` at each temperature, per method.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    methods = METHODS if methods is None else methods
+    return {name: [float(l1_to_hard(fn, x, k, t).mean()) for t in taus] for name, fn in methods.items()}
+
+
+def weighted_softmax_rows(x, k: int, taus, digits: int = 300) -> list:
+    """Rows ``[τ, float64 result, decimal result]`` (rounded to 4 digits) of the weighted-softmax
+    iteration on ``x/τ``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    x = np.asarray(x, dtype=float)
+    return [[t, np.round(weighted_softmax_topk(torch.tensor(x / t), k).numpy(), 4).tolist(),
+             np.round(weighted_softmax_topk_exact(x / t, k, digits=digits), 4).tolist()] for t in taus]
+
+
+def stability_fail(scan: list) -> dict:
+    """``{(method, dtype, scale, k): failure_or_no_valid}`` from :func:`stability_scan` rows.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return {(r["method"], r["dtype"], r["scale"], r["k"]): r["failure_or_no_valid"] for r in scan}
+
+
+def stability_pooled(fail: dict, methods, scales, ks, dtypes=("float64", "float32")) -> dict:
+    """The failure share of :func:`stability_fail` averaged over the scale × k grid, per
+    ``(method, dtype)``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return {(m, dt): float(np.mean([fail[m, dt, s, k] for s in scales for k in ks])) for m in methods for dt in dtypes}
+
+
+def plot_stability(ax, fail: dict, dtype: str, scales, ks, n: int, method: str = "GradTopK (recursion)",
+                   others=("ThreTopK exp", "ThreTopK smooth f")) -> None:
+    """One panel: the failure share of ``method`` against the scale, one curve per k, and the worst
+    k of ``others`` dashed. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    from kexue import plot
+    for i, k in enumerate(ks):
+        ax.plot(scales, [fail[method, dtype, s, k] for s in scales], marker="o", color=f"C{i}", label=f"k = {k}")
+    ax.plot(scales, [max(fail[m, dtype, s, k] for m in others for k in ks) for s in scales],
+            color="k", ls="--", label="ThreTopK exp and smooth (worst k)")
+    plot.label(ax, f"GradTopK's recursion fails as the scale or k grows ({dtype}, n = {n})", "scale of x (standard deviation)",
+               "share of draws that fail", logx=True)
+
+
+def smooth_k1_gap(seed: int = 0, draws: int = 2000, n: int = 20, scale: float = 3.0) -> dict:
+    """The smooth-f ThreTopK at k = 1 against softmax on ``x = scale · N(0, I_n)`` (generator
+    ``seed + 700``), split by whether the largest softmax weight is ≤ 1/2: the shares of draws
+    (``low_share``) and the largest entry gaps (``dev_low``, ``dev_high``).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    xs = scale * torch.randn(draws, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 700))
+    sm = torch.softmax(xs, -1)
+    dev = (thre_topk_smooth(xs, 1) - sm).abs().max(-1).values
+    low = sm.max(-1).values <= 0.5
+    return {"low_share": float(low.double().mean()), "dev_low": float(dev[low].max()), "dev_high": float(dev[~low].max())}
+
+
+def best_step(history) -> int:
+    """The step of the (first) best dev recall in a run's ``history`` of (step, recall).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    best = history[0]
+    for h in history[1:]:
+        if h[1] > best[1]:
+            best = h
+    return best[0]
+
+
+def diverged_share(result: dict) -> float:
+    """Share of a method's runs (all lrs and seeds of :func:`run_selection`) with a non-finite loss.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return float(np.mean([r["diverged"] is not None for runs in result["runs"].values() for r in runs]))
+
+
+def selection_table(R: dict, methods) -> tuple[list, list]:
+    """Header and rows (one per method) of the learning task's table from :func:`run_selection`: lr
+    chosen by dev, dev recall, test recall (mean ± sd and per seed), diverged runs, mean best step,
+    seconds per run. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    from kexue import stats
+    header = ["method", "lr (by dev)", "dev recall", "test recall (mean ± sd)", "per seed", "runs with a non-finite loss",
+              "best step (mean)", "s per run"]
+    rows = []
+    for m in methods:
+        every = [r for runs in R[m]["runs"].values() for r in runs]
+        rows.append([m, R[m]["lr"], f"{R[m]['dev'].mean():.3f}", stats.fmt_mean_sd(R[m]["test"]),
+                     ", ".join(f"{v:.3f}" for v in R[m]["test"]),
+                     f"{sum(r['diverged'] is not None for r in every)} of {len(every)}",
+                     f"{np.mean([best_step(r['history']) for r in R[m]['runs'][R[m]['lr']]]):.0f}",
+                     f"{np.mean([r['seconds'] for r in every]):.1f}"])
+    return header, rows
+
+
+def mean_dev_curve(runs: list) -> tuple[list, np.ndarray]:
+    """Steps and the mean dev recall over runs (cut to the shortest history).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    vals = [[h[1] for h in r["history"]] for r in runs]
+    m = min(map(len, vals))
+    return [h[0] for h in runs[0]["history"]][:m], np.mean([v[:m] for v in vals], 0)
+
+
+def self_check_rows(chk: dict) -> list[tuple[str, bool, str]]:
+    """The chapter's implementation checks from :func:`self_checks` as (statement, passed, detail) for
+    ``Results.implementation_check``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return [("GradTopK (recursion and DP) equals brute-force subset enumeration, n = 10, k = 3, 20 draws, to 1e-12",
+             chk["err_bf"] < 1e-12, f"{chk['err_bf']:.1e}"),
+            ("k = 1: ThreTopK exp and GradTopK equal softmax to 1e-12", chk["err_sm"] < 1e-12, f"{chk['err_sm']:.1e}"),
+            ("σ-ThreTopK: the custom backward passes gradcheck in float64; the sg form gives the same gradient",
+             chk["gradcheck"] and chk["sg_same"], "")]
+
+
+def plot_l1_curves(ax, taus, l1: dict) -> None:
+    """The :func:`l1_curves` against the falling temperature, log-log (zeros drawn at 1e-17).
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    from kexue import plot
+    for name, v in l1.items():
+        ax.plot(taus, np.maximum(v, 1e-17), marker=".", label=name)
+    ax.invert_xaxis()
+    plot.label(ax, "Distance to the hard top-10 as the temperature falls (n = 100)", "temperature τ (log scale, falling →)",
+               "mean L1 distance to T_k(x)", logx=True, logy=True)
+
+
+STABILITY_METHODS = {"GradTopK (recursion)": grad_topk, "GradTopK (DP)": grad_topk_dp, "ThreTopK exp": thre_topk_exp,
+                     "ThreTopK smooth f": thre_topk_smooth}
+"""The functions of the chapter's stability scan, by display name."""
+STABILITY_REFS = {"GradTopK (recursion)": grad_topk_dp, "ThreTopK exp": thre_topk_exp, "ThreTopK smooth f": thre_topk_smooth}
+"""Their float64 references (the recursion against the DP; each ThreTopK against itself in float64)."""
+
+
+def stability_scans(scales, ks, *, n: int = 100, draws: int = 1000, seed: int = 0, dtypes=(torch.float64, torch.float32),
+                    methods: dict | None = None, refs: dict | None = None) -> list[dict]:
+    """:func:`stability_scan` of ``STABILITY_METHODS`` (references ``STABILITY_REFS``) in each dtype,
+    the rows concatenated. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    methods = STABILITY_METHODS if methods is None else methods
+    refs = STABILITY_REFS if refs is None else refs
+    return [r for dt in dtypes for r in stability_scan(methods, scales, ks, n=n, draws=draws, dtype=dt, seed=seed, refs=refs)]
+
+
+def scan_mean(scan: list, method: str, dtype: str, key: str = "failure") -> float:
+    """Mean of ``key`` over the :func:`stability_scan` rows of one method and dtype.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return float(np.mean([r[key] for r in scan if r["method"] == method and r["dtype"] == dtype]))
+
+
+def max_no_valid(scan: list) -> float:
+    """The largest share of rows where no closed-form λ candidate passed, over the scan.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return max(r["no_valid"] for r in scan if r["no_valid"] is not None)
+
+
+def smooth_k1_table(sk: dict) -> tuple[list, list]:
+    """Header and rows of the k = 1 comparison of :func:`smooth_k1_gap`.
+    https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    return (["draws", "share", "largest |ThreTopK smooth − softmax|"],
+            [["max softmax ≤ 1/2", f"{sk['low_share']:.0%}", f"{sk['dev_low']:.1e}"],
+             ["max softmax > 1/2", f"{1 - sk['low_share']:.0%}", f"{sk['dev_high']:.3f}"]])
+
+
+def plot_dev_curves(ax, R: dict, methods) -> None:
+    """Mean dev recall against the step at each method's chosen lr (:func:`mean_dev_curve`), chance
+    dotted. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
+    from kexue import plot
+    for i, m in enumerate(methods):
+        ax.plot(*mean_dev_curve(R[m]["runs"][R[m]["lr"]]), color=f"C{i}", label=f"{m} (lr {R[m]['lr']:g})")
+    ax.axhline(5 / 30, color="gray", ls=":", label="chance")
+    plot.label(ax, "Dev recall of the hard top-5 while training with each soft top-k", "training step", "dev recall (mean over seeds)")

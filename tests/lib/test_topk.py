@@ -199,3 +199,77 @@ def test_selection_task_runs_and_learns():
     assert r["lr"] == 0.03 and r["test"].shape == (2,) and (r["test"] > 5 / 30 + 0.2).all()
     run = r["runs"][0.03][0]
     assert run["history"][0][0] == 0 and run["history"][-1][0] == 60 and run["diverged"] is None
+
+
+# -- the chapter's summary helpers -----------------------------------------------------------------
+def test_self_checks_pass():
+    chk = T.self_checks(0)
+    assert chk["err_bf"] < 1e-12 and chk["err_sm"] < 1e-12 and chk["gradcheck"] and chk["sg_same"]
+    assert chk["imp_sg"] < 1e-12 and chk["imp_det"] > 1e-3
+    rows = T.self_check_rows(chk)
+    assert len(rows) == 3 and all(ok for _, ok, _ in rows)
+
+
+def test_property_scan_and_summary_match_a_loop():
+    scales, ks = [1.0, 10.0], [2, 5]
+    methods = {"it": T.iterative_soft_kmax, "exp": T.thre_topk_exp}
+    props = T.property_scan(scales, ks, n=12, draws=30, seed=3, methods=methods)
+    for si, s in enumerate(scales):  # the same draws, by hand
+        x = s * torch.randn(30, 12, dtype=F64, generator=torch.Generator().manual_seed(3000 + si))
+        assert np.array_equal(props["it", s, 5]["order_viol"], T.check_properties(T.iterative_soft_kmax, x, 5, tol=1e-6)["order_viol"])
+    share, worst = T.property_summary(props, scales, ks, methods)
+    for name in methods:
+        for key in T.PROPERTY_KEYS:
+            ref = sum(props[name, s, k][key].sum() / 30 for s in scales for k in ks) / 4
+            assert share[name][key] == pytest.approx(ref, abs=1e-15)
+        assert worst[name]["bound_viol"] == max(props[name, s, k]["bound_viol"].max() for s in scales for k in ks)
+    assert all(v == 0 for v in share["exp"].values())
+    viol = T.violation_by_cell(props, "it", scales, ks)
+    for (s, k), v in viol.items():
+        p = props["it", s, k]
+        assert v == pytest.approx(sum(b or o for b, o in zip(p["bound_bad"], p["order_bad"])) / 30)
+    header, rows = T.property_table(share, worst)
+    assert len(header) == 7 and [r[0] for r in rows] == ["it", "exp"] and rows[1][1:5] == ["0.0%"] * 4
+    header, rows = T.cell_table({(1.0, 2): 0.5, (1.0, 5): 0.25}, [1.0], [2, 5])
+    assert header == ["scale", "k = 2", "k = 5"] and rows == [[1.0, "50.0%", "25.0%"]]
+
+
+def test_l1_curves_and_weighted_rows():
+    x = _x(4, 10, seed=5)
+    l1 = T.l1_curves(x, 3, [1.0, 1e-3], {"exp": T.thre_topk_exp})
+    assert l1["exp"][0] == pytest.approx(float(T.l1_to_hard(T.thre_topk_exp, x, 3, 1.0).mean())) and l1["exp"][1] < 1e-6
+    rows = T.weighted_softmax_rows([3.0, 2, 1, 4], 2, [0.01])
+    assert rows[0][0] == 0.01 and rows[0][1] == [1.0, 0.0, 0.0, 1.0] and rows[0][2] == [0.5, 0.0, 0.0, 1.5]
+
+
+def test_stability_summaries():
+    scan = T.stability_scans([1.0, 50.0], [5], n=30, draws=20, dtypes=(torch.float64,))
+    assert {r["method"] for r in scan} == set(T.STABILITY_METHODS)
+    fail = T.stability_fail(scan)
+    assert fail["GradTopK (recursion)", "float64", 50.0, 5] > 0.5 and fail["ThreTopK exp", "float64", 1.0, 5] == 0
+    pooled = T.stability_pooled(fail, ["GradTopK (recursion)"], [1.0, 50.0], [5], dtypes=("float64",))
+    ref = (fail["GradTopK (recursion)", "float64", 1.0, 5] + fail["GradTopK (recursion)", "float64", 50.0, 5]) / 2
+    assert pooled["GradTopK (recursion)", "float64"] == pytest.approx(ref)
+    assert T.scan_mean(scan, "GradTopK (DP)", "float64") == 0
+    assert T.max_no_valid(scan) == max(r["no_valid"] for r in scan if r["method"] in ("ThreTopK exp", "ThreTopK smooth f"))
+
+
+def test_smooth_k1_gap():
+    sk = T.smooth_k1_gap(0, draws=200, n=20)
+    assert 0 < sk["low_share"] < 1 and sk["dev_low"] < 1e-12 and sk["dev_high"] > 1e-3
+    header, rows = T.smooth_k1_table(sk)
+    assert len(header) == 3 and len(rows) == 2
+
+
+def test_selection_summaries():
+    hist = [(0, 0.2), (25, 0.5), (50, 0.5), (75, 0.4)]
+    assert T.best_step(hist) == 25  # the first best
+    runs = [{"history": hist, "diverged": None, "seconds": 1.0, "best_dev": 0.5, "test": 0.4},
+            {"history": hist[:3], "diverged": 30, "seconds": 3.0, "best_dev": 0.5, "test": 0.6}]
+    R = {"m": {"lr": 0.1, "test": np.array([0.4, 0.6]), "dev": np.array([0.5, 0.5]), "runs": {0.1: runs, 0.3: runs[:1]}}}
+    assert T.diverged_share(R["m"]) == pytest.approx(1 / 3)
+    header, rows = T.selection_table(R, ["m"])
+    assert len(header) == len(rows[0]) == 8
+    assert rows[0][5] == "1 of 3" and rows[0][6] == "25" and rows[0][7] == f"{5 / 3:.1f}"
+    steps, mean = T.mean_dev_curve(runs)
+    assert steps == [0, 25, 50] and np.allclose(mean, [0.2, 0.5, 0.5])
