@@ -52,7 +52,7 @@ def negatives_logsumexp(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor
     are already −∞, e.g. a masked self-similarity, stay out). Chapter ``flatnce``
     (https://kexue.fm/archives/8586)."""
     _check(scores, pos)
-    mask = F.one_hot(pos, scores.shape[1]).bool()
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, pos[:, None], True)
     return torch.logsumexp(scores.masked_fill(mask, NEG_INF), dim=1)
 
 
@@ -74,7 +74,7 @@ def infonce_naive(scores: torch.Tensor, pos: torch.Tensor, reduction: str = "mea
     article writes the loss, to show the rounding of 1 + ξ. Chapter ``flatnce``
     (https://kexue.fm/archives/8586)."""
     _check(scores, pos)
-    mask = F.one_hot(pos, scores.shape[1]).bool()
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, pos[:, None], True)
     d = (scores - positive_scores(scores, pos)[:, None]).masked_fill(mask, NEG_INF)
     return _reduce(torch.log(1 + torch.exp(d).sum(1)), reduction)
 
@@ -159,7 +159,7 @@ def rounding_report(scores: torch.Tensor, pos: torch.Tensor) -> dict:
     h32 = score_grad(flatnce, s32, pos)
     h64 = score_grad(flatnce, s64, pos)
     gp32, gp64 = positive_scores(g32, pos).double(), positive_scores(g64, pos)
-    neg = ~F.one_hot(pos, s32.shape[1]).bool() & torch.isfinite(s64)
+    neg = ~torch.zeros_like(s32, dtype=torch.bool).scatter_(1, pos[:, None], True) & torch.isfinite(s64)
     hn_err = torch.where(neg, rel_err(h32, h64), torch.zeros_like(h64)).amax(1)
     return {"xi": x64, "loss32": l32.double(), "loss64": l64, "loss_naive32": naive32.double(),
             "gpos32": gp32, "gpos64": gp64, "gsum32": g32.sum(1).double(),

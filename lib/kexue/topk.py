@@ -427,7 +427,7 @@ def make_teacher(d: int, hidden: int = 32, seed: int = 0) -> nn.Module:
 def sample_instances(teacher: nn.Module, n_inst: int, n_items: int, d: int, generator: torch.Generator):
     """``n_inst`` sets of ``n_items`` items with features N(0, I_d): (features, utilities standardised
     by the teacher's spread on the set). https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
-    z = torch.randn(n_inst, n_items, d, generator=generator)
+    z = torch.randn(n_inst, n_items, d, generator=generator).to(next(teacher.parameters()).device)
     with torch.no_grad():
         u = teacher(z).squeeze(-1)
     u = (u - u.mean(-1, keepdim=True)) / (u.std(-1, keepdim=True) + 1e-8)
@@ -459,12 +459,13 @@ def train_selector(method: str, *, teacher: nn.Module, dev, test, k: int, lr: fl
                    batch: int = 32, d: int = 8, hidden: int = 32, eval_every: int = 25) -> dict:
     """Train a scorer MLP ``R^d → R`` (2 hidden tanh layers) with Adam to maximise
     ``Σ_i mask_i u_i / k`` for the soft mask ``TRAIN_METHODS[method](scores, k)`` on fresh instances
-    each step (generator ``seed``), evaluating the hard-top-k recall on ``dev = (z, u)`` every
+    each step (generator ``seed``, on the CPU; the scorer and the batches live on the teacher's device), evaluating the hard-top-k recall on ``dev = (z, u)`` every
     ``eval_every`` steps; the best dev checkpoint (early stopping) is scored on ``test``. A step whose
     loss is not finite stops the run (``diverged``). Returns dev history, best dev, test recall,
     steps, diverged, seconds. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    net.to(next(teacher.parameters()).device)     # drawn on the CPU, trained where the teacher is
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     g = torch.Generator().manual_seed(10_000 + seed)
     mask_fn = TRAIN_METHODS[method]
@@ -498,7 +499,8 @@ def run_selection(methods, lrs, seeds, *, n_items: int = 30, k: int = 5, d: int 
     ``n_eval`` instances each from generator 1 (fixed, shared). Per method the lr is chosen by the
     mean over seeds of the best dev recall; returns ``{method: {"lr", "test" (per seed at that lr),
     "dev", "runs" {lr: [run per seed]}}}``. https://kexue.fm/archives/10373, chapter ``topk-smooth``."""
-    teacher = make_teacher(d, seed=teacher_seed)
+    from . import resolve_device
+    teacher = make_teacher(d, seed=teacher_seed).to(resolve_device())   # kexue's current device
     g = torch.Generator().manual_seed(1)
     dev = sample_instances(teacher, n_eval, n_items, d, g)
     test = sample_instances(teacher, n_eval, n_items, d, g)

@@ -160,16 +160,34 @@ class FakeDevice(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _GeneratorMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _TorchGenerator)
+
+
+_TorchGenerator = torch.Generator
+
+
+class _FakeAwareGenerator(metaclass=_GeneratorMeta):
+    """``torch.Generator(device=<fake>)`` gives a CPU generator (what drives the fake device's CPU
+    tensors), as ``torch.Generator(device="cuda")`` gives a CUDA one; any other device as before."""
+
+    def __new__(cls, device="cpu"):
+        return _TorchGenerator("cpu" if _is_fake(device) else device)
+
+
 @contextlib.contextmanager
 def fake_gpu(strict: bool = False):
     """kexue's current device is the fake one, as after ``setup()`` on a CUDA machine."""
     old = kexue._CURRENT_DEVICE
     kexue._CURRENT_DEVICE = "meta"
     mode = FakeDevice(strict)
+    torch.Generator = _FakeAwareGenerator
     try:
         with mode:
             yield mode
     finally:
+        torch.Generator = _TorchGenerator
         kexue._CURRENT_DEVICE = old
 
 
@@ -396,3 +414,46 @@ def test_transformer_probes(gpu):                    # bert-init-std
     out = Tr.probe_init(ids, generator=torch.Generator().manual_seed(1), **kw)
     assert np.isfinite(out["loss"])
     assert np.isfinite(Tr.init_grad_norms(ids, seeds=[0, 1], **kw)).all()
+
+
+def test_contrastive_runs_on_the_data_device(gpu, monkeypatch):   # flatnce
+    # The forward paths on the device: the loss and its float32/float64 rounding report at every step,
+    # the dev kNN. (The backward of the −∞-masked scores has C++ formulas that make
+    # scalars the fake device cannot fill; a real CUDA device runs them.)
+    from kexue import contrastive as C
+    from kexue.optim.accum import image_split
+    data = image_split("digits", n_train=40, n_dev=20, seed=0, device=kexue.resolve_device())
+
+    class Reached(Exception):
+        pass
+
+    def forward_only(model, loss_on, n, *, evaluate, **kw):
+        assert on_device(model)
+        assert np.isfinite(float(loss_on(np.arange(8), None)))
+        assert 0 <= evaluate() <= 1
+        raise Reached
+
+    monkeypatch.setattr(C, "train_two_view", forward_only)
+    with pytest.raises(Reached):
+        C.run_contrastive(data, loss="flatnce", batch_size=8, steps=2, tau=0.1, lr=1e-3, eval_every=1,
+                          seed=0, hidden=16, feat=8, proj=4, k=3, probe_steps=2)
+
+
+def test_entropy_stream_follows_the_model(gpu, micro_bert):   # entropy-normalization
+    from kexue import entropy
+    from kexue.models import bert_zh
+    cfg, tok, texts = micro_bert
+    model = bert_zh.build_model(cfg, 0).to(kexue.resolve_device()).eval()
+    s = entropy.mlm_distributions(model, tok, texts[:2], batch_size=4)
+    assert s["logp"].shape[0] == len(s["true"]) > 0 and np.allclose(np.exp(s["logp"]).sum(1), 1)
+
+
+def test_topk_selection_task_on_the_device(gpu, monkeypatch):   # topk-smooth
+    # Forward paths on the device (teacher, scorer, sampled batches, every soft mask, the hard-top-k
+    # recall); backward is skipped: autograd's where() formulas make scalars the fake device cannot
+    # fill, and the one custom backward (σ-ThreTopK) uses only its saved tensor.
+    from kexue import topk as T
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    R = T.run_selection(["ThreTopK σ, implicit ∇λ", "ThreTopK exp"], [1e-2], [0], n_items=6, k=2, d=3,
+                        steps=2, n_eval=4, batch=4, eval_every=1)
+    assert all(0 <= v <= 1 for m in R.values() for v in m["test"])
