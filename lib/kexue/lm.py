@@ -99,8 +99,10 @@ class ContextMLPLM(nn.Module):
 
 
 @torch.no_grad()
-def token_nll(model: nn.Module, X, y, batch: int = 4096, device: str = "cpu") -> np.ndarray:
-    """Per-position negative log-likelihood (nats) of ``y`` given ``X`` (numpy arrays)."""
+def token_nll(model: nn.Module, X, y, batch: int = 4096, device=None) -> np.ndarray:
+    """Per-position negative log-likelihood (nats) of ``y`` given ``X`` (numpy arrays), computed on
+    ``device`` (default: the model's device)."""
+    device = device if device is not None else next(model.parameters()).device
     model.eval()
     out = []
     for i in range(0, len(y), batch):
@@ -162,14 +164,18 @@ class _Mixed:
 
 def train_arm(arm: str, data: dict, *, vocab_size: int, dim: int, hidden: int, context: int, steps: int,
               batch: int, lr: float, weight_decay: float, eval_every: int, seed: int,
-              device: str = "cpu") -> dict:
+              device=None) -> dict:
     """Train one arm with :func:`kexue.train.fit` (minibatches of ``batch`` windows, dev NLL every
     ``eval_every`` steps, no early stop: drift is read at the run's end, the NLL at the best dev
     checkpoint). ``data``: ``{"train": (X, y), "dev": (X, y), "test": (X, y)}`` numpy arrays. Returns
     the final embedding table (CPU), per-position test NLL at the best dev checkpoint, the
-    history and the best step (https://kexue.fm/archives/9736, chapter ``lion-tiger-embedding``)."""
+    history and the best step (https://kexue.fm/archives/9736, chapter ``lion-tiger-embedding``).
+    ``device``: where the model and batches live (default: kexue's current device, as after
+    :func:`kexue.setup`)."""
+    from kexue import resolve_device
     from kexue.train import fit
 
+    device = resolve_device(device)
     torch.manual_seed(seed)
     model = ContextMLPLM(vocab_size, dim=dim, context=context, hidden=hidden,
                          tied=(arm == "tied_tiger"), half_swap=True, seed=seed).to(device)

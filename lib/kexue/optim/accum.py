@@ -334,12 +334,12 @@ def train_arm(arm: str, data: dict, *, lr: float, seed: int, sizes, micro_batch:
     ``micro_batch`` (``large_batch``: batches of k · micro_batch, k times fewer steps, so every arm
     sees the same samples in the same order), ``epochs`` passes over ``data["X_train"]``, dev accuracy
     ``evals_per_epoch`` times an epoch (always on an update boundary), the best-dev parameters
-    restored. ``data``: float tensors ``X_train, y_train, X_dev, y_dev, X_test, y_test`` on one device.
-    Returns ``{dev, test, best_step, history, samples}``."""
+    restored. ``data``: float tensors ``X_train, y_train, X_dev, y_dev, X_test, y_test`` on one device;
+    the model goes to ``device`` (default: the data's). Returns ``{dev, test, best_step, history, samples}``."""
     from ..train import fit
 
-    net = mlp(sizes, seed=seed, device=device)
     X, y = data["X_train"], data["y_train"]
+    net = mlp(sizes, seed=seed, device=device if device is not None else X.device)
     n = len(X)
     batch = micro_batch * k if arm == "large_batch" else micro_batch
     steps = int(round(epochs * n / batch))

@@ -1,0 +1,154 @@
+"""The GPU must do the work (issue 19 §3), for the six chapters of Part 2 written last:
+momentum-grad-accum, lion-tiger-embedding, simsiam-dynamics, gradient-penalty-inequality,
+multitask-loss, multitask-gradient. Each test runs the library paths its chapter calls, at tiny size,
+with kexue's current device set to the fake second device of ``test_device`` (``gpu``: any CPU tensor
+meeting a device tensor raises, and no matrix product may run on plain CPU tensors)."""
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kexue
+
+
+def _harness():
+    """``tests/lib/test_device.py`` as a module, the one pytest imported if it did (its torch.library
+    registrations must run once only)."""
+    for name, mod in list(sys.modules.items()):
+        if name.endswith("test_device") and hasattr(mod, "fake_gpu"):
+            return mod
+    spec = importlib.util.spec_from_file_location("tests.lib.test_device", Path(__file__).with_name("test_device.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_H = _harness()
+on_device, OnDevice, DeviceMismatch = _H.on_device, _H.OnDevice, _H.DeviceMismatch
+
+
+class _FakeDevice(_H.FakeDevice):
+    """The harness's mode, plus ``Module.to(device=<fake>, dtype=...)`` (keywords): the harness rewrites
+    any ``device=`` keyword to the CPU, which for ``torch._C._nn._parse_to`` (Module.to's parser) would
+    leave the module on the CPU; its positional form is already handled."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch._C._nn._parse_to:
+            return func(*args, **(kwargs or {}))
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and isinstance(args[0], OnDevice):
+            # a NumPy or list index becomes an index tensor on the indexed tensor's device, which on the fake
+            # device holds no values (CUDA copies it): give it as a CPU integer tensor (allowed)
+            conv = lambda i: torch.as_tensor(i) if isinstance(i, (np.ndarray, list)) else i  # noqa: E731
+            key = tuple(map(conv, args[1])) if isinstance(args[1], tuple) else conv(args[1])
+            args = (args[0], key, *args[2:])
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@contextlib.contextmanager
+def fake_gpu(strict: bool = False):
+    """``test_device.fake_gpu`` with :class:`_FakeDevice`."""
+    old, gen = kexue._CURRENT_DEVICE, torch.Generator
+    kexue._CURRENT_DEVICE = "meta"
+    mode = _FakeDevice(strict)
+    torch.Generator = _H._FakeAwareGenerator
+    try:
+        with mode:
+            yield mode
+    finally:
+        torch.Generator = gen
+        kexue._CURRENT_DEVICE = old
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def gpu():
+    """As ``test_device.gpu``: the body on the fake device; no matrix product on the CPU, some on it."""
+    with fake_gpu(strict=True) as mode:
+        yield mode
+    assert mode.cpu_matmuls == 0, f"{mode.cpu_matmuls} matrix products ran on the CPU"
+    assert mode.device_matmuls > 0, "nothing ran on the device"
+
+
+class Reached(Exception):
+    """Raised by a stand-in to stop a path once its device work was checked."""
+
+
+def _digits(n_train=40, n_dev=20):
+    from kexue.optim.accum import image_split
+    return image_split("digits", n_train=n_train, n_dev=n_dev, seed=0, device=kexue.resolve_device())
+
+
+def test_guard_still_catches_a_model_left_on_the_cpu():
+    with fake_gpu():
+        lin = torch.nn.Linear(3, 2).to(device=kexue.resolve_device(), dtype=torch.float64)
+        assert on_device(lin) and lin.weight.dtype == torch.float64
+    with fake_gpu() as mode:
+        torch.nn.Linear(3, 2)(torch.randn(4, 3))
+        assert mode.cpu_matmuls == 1
+    with fake_gpu():
+        x = torch.randn(4, 3).to(kexue.resolve_device())
+        with pytest.raises(DeviceMismatch):
+            torch.nn.Linear(3, 2)(x)
+
+
+# -- momentum-grad-accum ------------------------------------------------------------------------------
+def test_momentum_grad_accum_paths(gpu):
+    from kexue.optim import accum
+    data = _digits()
+    assert isinstance(data["X_train"], OnDevice)
+    X64, y64 = data["X_train"].double(), data["y_train"]
+    ex = accum.exactness(X64, y64, sizes=[64, 8, 10], micro_batch=4, k=2, updates=2, seed=0,
+                         lr_sgdm=0.2, lr_adam=1e-3, lr_tiger=1e-3)
+    assert ex["sgdm"]["folded_vs_batch"] < 1e-10 and ex["tiger"]["folded_vs_batch"] < 1e-10
+    assert np.isfinite(accum.v_ratio(X64, y64, sizes=[64, 8, 10], micro_batch=4, k=2, cycles=2, seed=0))
+    for arm in ("every_step", "folded", "sparse", "ema_tilde", "large_batch", "adam_folded", "adam_explicit"):
+        r = accum.tune_then_seeds(arm, data, lrs=[0.05], seeds=[0], sizes=[64, 8, 10], micro_batch=4,
+                                  k=2, epochs=0.2, device=kexue.resolve_device())
+        assert 0 <= r["runs"][0]["test"] <= 1
+    r = accum.train_arm("folded", data, lr=0.05, seed=0, sizes=[64, 8, 10], micro_batch=4, k=2, epochs=0.2)
+    assert 0 <= r["test"] <= 1                            # no device given: the data's
+
+
+# -- lion-tiger-embedding -----------------------------------------------------------------------------
+def _windows(n, V, context, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (n, context)), rng.integers(0, V, n)
+
+
+@pytest.mark.parametrize("device", [None, "current"])
+def test_lion_tiger_embedding_paths(gpu, device):
+    from kexue import lm
+    from kexue.optim.sign import embedding_outlier_report
+    V, c = 30, 4
+    data = {"train": _windows(64, V, c, 0), "dev": _windows(16, V, c, 1), "test": _windows(16, V, c, 2)}
+    counts = lm.context_counts(data["train"][0], V)
+    kw = {} if device is None else {"device": kexue.resolve_device()}   # the default: the current device
+    for arm in lm.ARMS:
+        out = lm.train_arm(arm, data, vocab_size=V, dim=8, hidden=8, context=c, steps=2, batch=16, lr=6e-3,
+                           weight_decay=2.0, eval_every=1, seed=0, **kw)
+        assert np.isfinite(out["test_nll"]).all() and not isinstance(out["E"], OnDevice)
+        embedding_outlier_report(out["E"], counts, 2.0)
+
+
+# -- simsiam-dynamics ---------------------------------------------------------------------------------
+def test_simsiam_dynamics_paths(gpu, monkeypatch):
+    # forward paths on the device (views, encoder, predictor, loss, kNN, linear probe, speeds); the
+    # backward is skipped: autograd's formulas make scalars the fake device cannot fill
+    from kexue import ssl
+    data = _digits(60, 20)
+    assert 0 <= ssl.knn_accuracy(data["X_train"], data["y_train"], data["X_test"], data["y_test"], k=3) <= 1
+    assert 0 <= ssl.linear_probe(data["X_train"], data["y_train"], data["X_dev"], data["y_dev"], data["X_test"],
+                                 data["y_test"], steps=2, seed=0)["test_acc"] <= 1
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    arch = dict(hidden=16, proj=8, pred_hidden=4)
+    for v, bn in (("sg_pred", False), ("no_sg", False), ("no_pred", False), ("fixed_pred", False),
+                  ("mean_target", False), ("sg_pred", True)):
+        r = ssl.run_simsiam(v, data, shape=(8, 8), epochs=1, batch_size=20, lr=0.05, k=3, probe_steps=2,
+                            mean_views=2, seed=0, proj_bn=bn, probe_init=True, **arch)
+        assert all(0 <= h["dev"] <= 1 for h in r["history"])
