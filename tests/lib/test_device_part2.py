@@ -152,3 +152,56 @@ def test_simsiam_dynamics_paths(gpu, monkeypatch):
         r = ssl.run_simsiam(v, data, shape=(8, 8), epochs=1, batch_size=20, lr=0.05, k=3, probe_steps=2,
                             mean_views=2, seed=0, proj_bn=bn, probe_init=True, **arch)
         assert all(0 <= h["dev"] <= 1 for h in r["history"])
+
+
+# -- gradient-penalty-inequality ----------------------------------------------------------------------
+def test_gradient_penalty_paths(gpu, monkeypatch):
+    # probe_terms reads the inequality in a float64 CPU copy on purpose (the same numbers on every
+    # device): its CPU products are allowed. random_net_scan, init_spectral_norms and arc_length_run
+    # are float64 checks on tiny CPU tensors by design and take no device.
+    from kexue import regularization as R
+    probe = R.probe_terms
+
+    def cpu_probe(*a, **kw):
+        with gpu.cpu_ok():
+            return probe(*a, **kw)
+    monkeypatch.setattr(R, "probe_terms", cpu_probe)
+    data = _digits()
+    tr = R.train_with_terms(data, sizes=[64, 8, 10], lr=0.05, epochs=1, seed=0, n_probe=4, readouts=("loss",),
+                            batch_size=16, device=kexue.resolve_device())
+    assert 0 <= tr["test"] <= 1 and len(tr["history"]) == 2
+    for pen in (0.0, 0.1):
+        r = R.gd_run(data, sizes=[64, 8, 10], lr=0.1, penalty=pen, stop_loss=0.0, max_steps=2, seed=0, n_eval=8)
+        assert np.isfinite(r["dirichlet"]) and 0 <= r["test"] <= 1
+
+
+# -- multitask-loss -----------------------------------------------------------------------------------
+def _tagging():
+    from kexue.multitask import loss as M
+    rows = [(list("北京举行"), list("BEBE"), ["ns", "ns", "v", "v"], ["B-LOC", "I-LOC", "O", "O"]),
+            (list("他来"), list("SS"), ["r", "v"], ["O", "O"])] * 4
+    return M.encode_tagging({"train": rows, "dev": rows[:4], "test": rows[:4]})   # on the CPU, as loaded
+
+
+def test_multitask_loss_arms(gpu, monkeypatch):
+    # every arm's forward, losses, weights and scoring on the device; backward skipped (as above)
+    from kexue.multitask import loss as M
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    data = _tagging()
+    for arm in M.ARMS:
+        r = M.tune_and_run(data, arm, lrs=[0.05], seeds=[0], lr_seed=0, steps=2, batch_size=4, eval_every=1,
+                           patience=None, model_cfg={"emb": 4, "width": 4, "layers": 1})   # no device: the current one
+        assert set(r["runs"][0]["test"]) <= set(M.TASKS)
+
+
+# -- multitask-gradient -------------------------------------------------------------------------------
+def test_multitask_gradient_arms(gpu, monkeypatch):
+    from kexue.data.images import multi_fashion
+    from kexue.multitask import gradient as MG
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    data = multi_fashion(40, 20, 20, source="digits", seed=0)
+    data = {k: v.to(kexue.resolve_device()) for k, v in data.items()}
+    arms = ["single0", "single1", "sum", "random", "mgda", "frozen", "mgda_ub", "unit"]
+    runs = MG.run_arms(data, arms, lrs=[0.2], seeds=[0], dir_every=1, cos_every=1, steps=2, batch_size=8,
+                       eval_every=1, patience=None, downsample="stride", device=kexue.resolve_device())
+    assert all(0 <= MG.per_seed(runs, a, "worst_test")[0] <= 1 for a in arms)

@@ -271,7 +271,7 @@ def mgda_direction(grads, normalize=None, losses=None, *, max_iter: int = 250):
         if losses is None:
             raise ValueError(f"normalize={normalize!r} needs the losses")
         c = c * np.array([float(L) for L in losses])
-    Gn = G.detach().to(torch.float64) / torch.as_tensor(c).reshape(-1, 1)
+    Gn = G.detach().to(torch.float64) / torch.as_tensor(c, device=G.device).reshape(-1, 1)
     if n == 2:
         a = two_task_min_norm(Gn[0], Gn[1])
         alpha = np.array([a, 1.0 - a])
@@ -464,8 +464,8 @@ class MGDAStepper:
                 tp = time.perf_counter()
                 Gp = per_task_grads(losses, self.trunk_params, "params").double()
                 _, _, wf = mgda_direction(Gp, self.normalize, [L.detach() for L in losses])
-                u_ub = (torch.as_tensor(w).reshape(-1, 1) * Gp).sum(0)
-                u_full = (torch.as_tensor(wf).reshape(-1, 1) * Gp).sum(0)
+                u_ub = (torch.as_tensor(w, device=Gp.device).reshape(-1, 1) * Gp).sum(0)
+                u_full = (torch.as_tensor(wf, device=Gp.device).reshape(-1, 1) * Gp).sum(0)
                 self.cosines.append(float(u_ub @ u_full / (u_ub.norm() * u_full.norm()).clamp_min(1e-30)))
                 self.ub_inner.append((Gp @ u_ub).tolist())   # ⟨g_i, u_UB⟩: < 0 means task i rises
                 t0 += time.perf_counter() - tp
@@ -473,7 +473,7 @@ class MGDAStepper:
         if self.dir_every and n == 2 and self.steps % self.dir_every == 0:   # a probe, not timed
             tp = time.perf_counter()
             Gp = G if arm in ("mgda", "unit") else per_task_grads(losses, self.trunk_params, "params")
-            length = float((torch.as_tensor(w, dtype=Gp.dtype).reshape(-1, 1) * Gp.detach()).sum(0).norm())
+            length = float((torch.as_tensor(w, dtype=Gp.dtype, device=Gp.device).reshape(-1, 1) * Gp.detach()).sum(0).norm())
             lr = float(self.opt.param_groups[0]["lr"])
             if self._shadow is None:                 # a copy to probe on: the live graph stays intact
                 self._shadow = copy.deepcopy(self.model)

@@ -371,6 +371,7 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
     head its own ∇L_i. Its ``weights`` are the min-norm weights averaged over all the steps run (the
     last step's in ``weights_last``), ``weights_by_eval`` their mean over each evaluation interval
     (aligned with ``raw_losses``)."""
+    from .. import resolve_device
     from ..train import fit
     if gradnorm_wrt not in ("params", "h"):
         raise ValueError(f"gradnorm_wrt must be 'params' or 'h', got {gradnorm_wrt!r}")
@@ -378,8 +379,7 @@ def train_arm(data: dict, *, tasks=TASKS, scheme: str = "sum", weights=None, opt
     tr, dv = data["train"], data["dev"]
     heads = {k: len(data["tags"][k]) for k in tasks}
     model = ConvTagger(len(data["vocab"]) + 2, heads, seed=seed, **model_cfg)
-    if device is not None:
-        model.to(device)
+    model.to(resolve_device(device))    # default: kexue's current device (as after kexue.setup)
     priors = [prior_loss_ce(tr[k][tr[k] >= 0].numpy(), heads[k]) for k in tasks]
     mgda = scheme == "mgda"
     comb = None if mgda else LossCombiner(scheme, len(tasks), eps=eps,
