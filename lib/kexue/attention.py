@@ -215,14 +215,23 @@ def numerical_rank(m: torch.Tensor, rtol: float = 1e-10) -> int:
 
 
 # -- cost ------------------------------------------------------------------------------------------
-def time_call(fn, repeats: int = 5) -> float:
-    """Median wall time in seconds of ``fn()`` over ``repeats`` calls, after one warm-up call
-    (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+def time_call(fn, repeats: int = 5, device=None) -> float:
+    """Median wall time in seconds of ``fn()`` over ``repeats`` calls, after one warm-up call; on a
+    CUDA ``device`` each call is timed between two synchronisations (https://kexue.fm/archives/8601,
+    chapter ``linear-attention-infinite``)."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -237,16 +246,20 @@ def attention_flops(n: int, d: int, feature_dim: int | None = None) -> int:
 
 
 def timing_ratio(n: int, d: int, scheme: str, order: int, *, heads: int = 4, repeats: int = 5,
-                 seed: int = 0, dtype=torch.float32) -> dict:
+                 seed: int = 0, dtype=torch.float32, device=None) -> dict:
     """Wall time of linear attention with the ``scheme`` ('taylor' or 'explimit') features of ``order``
     (feature construction included) against softmax attention, ``heads`` heads of length n and size d.
-    Returns t_softmax, t_linear (median seconds), ratio = t_linear/t_softmax, dim
+    Returns t_softmax, t_linear (median seconds), ratio = t_linear/t_softmax, dim. Timed on
+    ``device`` (default kexue's current device; the inputs are drawn on the CPU and moved)
     (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    from . import resolve_device
+
+    dev = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(heads, n, d, generator=g, dtype=dtype) / d ** 0.25 for _ in range(3))
+    q, k, v = ((torch.randn(heads, n, d, generator=g, dtype=dtype) / d ** 0.25).to(dev) for _ in range(3))
     feat = taylor_features if scheme == "taylor" else explimit_features
-    t_s = time_call(lambda: softmax_attention(q, k, v), repeats)
-    t_l = time_call(lambda: linear_attention(feat(q, order), feat(k, order), v), repeats)
+    t_s = time_call(lambda: softmax_attention(q, k, v), repeats, dev)
+    t_l = time_call(lambda: linear_attention(feat(q, order), feat(k, order), v), repeats, dev)
     dim = (taylor_dim if scheme == "taylor" else explimit_dim)(d, order)
     return {"t_softmax": t_s, "t_linear": t_l, "ratio": t_l / t_s, "dim": dim}
 
@@ -355,10 +368,11 @@ def masked_eval(model, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 
     """Cross-entropy (nats) and accuracy over the labelled (masked) positions
     (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
     model.eval()
+    dev = next(model.parameters()).device
     nll, correct, count = 0.0, 0, 0
     for i in range(0, len(inputs), batch):
-        logits = model(inputs[i:i + batch])
-        lab = labels[i:i + batch]
+        logits = model(inputs[i:i + batch].to(dev))
+        lab = labels[i:i + batch].to(dev)
         sel = lab != IGNORE
         lg = logits[sel]
         nll += float(F.cross_entropy(lg, lab[sel], reduction="sum"))
@@ -375,9 +389,11 @@ def build_model(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int
     (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
     from .transformer import BertMLM
 
-    torch.manual_seed(seed)
+    from . import resolve_device
+
+    torch.manual_seed(seed)                     # initialised on the CPU, then moved: same weights anywhere
     return BertMLM(data["vocab"] + 1, layers, d, heads, ffn, max_len=data["length"], norm="pre",
-                   head_transform=False, eps=1e-5, attn=attention_builder(kind, qk_dim))
+                   head_transform=False, eps=1e-5, attn=attention_builder(kind, qk_dim)).to(resolve_device())
 
 
 def train_arm(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, ffn: int,
@@ -387,17 +403,19 @@ def train_arm(data: dict, *, kind: str, qk_dim: int | None, d: int, heads: int, 
     (``kind``, ``qk_dim``) on the task's masked-token objective with Adam (``lr``), early stopping on
     dev cross-entropy (:func:`kexue.train.fit`), the best dev checkpoint restored. Returns dev and
     test CE / accuracy, best_step, steps_run, seconds, n_params and the model
-    (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``)."""
+    (https://kexue.fm/archives/8601, chapter ``linear-attention-infinite``). The model is built on
+    kexue's current device (:func:`build_model`)."""
     from .train import fit
 
     model = build_model(data, kind=kind, qk_dim=qk_dim, d=d, heads=heads, ffn=ffn, layers=layers, seed=seed)
     train, vocab, mask_id = data["train"], data["vocab"], data["mask_id"]
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)     # the masks are drawn on the CPU, the batches moved
+    dev = next(model.parameters()).device
 
     def loss_on(idx, rng):
         inp, lab = mask_tokens(train[idx], None, g, mask_id=mask_id, replace_ids=np.arange(vocab),
                                prob=data["mask_prob"])
-        return model.mlm_loss(inp, lab)
+        return model.mlm_loss(inp.to(dev), lab.to(dev))
 
     def evaluate():
         return -masked_eval(model, *data["dev"])["ce"]
@@ -457,7 +475,8 @@ def attention_matrices(model, inputs: torch.Tensor) -> list[torch.Tensor]:
     (batch, heads, n, n) tensor per layer, in the model's dtype (https://kexue.fm/archives/8601,
     chapter ``linear-attention-infinite``)."""
     enc = model.encoder
-    pos = torch.arange(inputs.shape[1])
+    inputs = inputs.to(enc.tok_emb.weight.device)
+    pos = torch.arange(inputs.shape[1], device=inputs.device)
     x = enc.emb_ln(enc.tok_emb(inputs) + enc.pos_emb(pos))
     out = []
     for layer in enc.layers:

@@ -205,3 +205,21 @@ def test_multitask_gradient_arms(gpu, monkeypatch):
     runs = MG.run_arms(data, arms, lrs=[0.2], seeds=[0], dir_every=1, cos_every=1, steps=2, batch_size=8,
                        eval_every=1, patience=None, downsample="stride", device=kexue.resolve_device())
     assert all(0 <= MG.per_seed(runs, a, "worst_test")[0] <= 1 for a in arms)
+
+
+def test_linear_attention_paths(gpu, monkeypatch):   # linear-attention-infinite
+    # Forward paths on the device: both attentions in the model, training batches, masked evaluation,
+    # the attention matrices and their ranks, the timing (backward skipped, as above).
+    from kexue import attention as A
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    data = A.task_data("mirror", n_train=16, n_dev=8, n_test=8, length=8, vocab=6, seed=0)
+    kw = dict(d=8, heads=2, ffn=16, layers=1, steps=2, batch=4, eval_every=1, patience=None)
+    out = A.run_arms(data, {"softmax": ("softmax", None), "linear": ("linear", 8)}, lrs=[1e-2], seeds=[0], **kw)
+    for arm in out.values():
+        r = arm["runs"][0]
+        assert on_device(r["model"]) and np.isfinite(r["test_ce"])
+    model = out["softmax"]["runs"][0]["model"]
+    probe = data["test"][0][:2]
+    assert A.attention_ranks(model, probe).shape == (1, 2, 2)
+    assert 1 <= A.max_numerical_rank(out["linear"]["runs"][0]["model"], probe) <= 8
+    assert A.timing_ratio(8, 4, "taylor", 2, heads=1, repeats=1)["ratio"] > 0
