@@ -8,7 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kexue-installed
-MATHJAX := _vendor/mathjax/tex-mml-chtml.js
+# MathJax: tex-mml-chtml.js, its fonts and its autoloaded TeX extensions (the stamp is written last)
+MATHJAX := _vendor/mathjax/.complete
 SCALE ?= full
 export PYTHONDONTWRITEBYTECODE := 1
 

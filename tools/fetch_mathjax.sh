@@ -12,4 +12,9 @@ src="$tmp/node_modules/mathjax/es5"
 rm -rf _vendor/mathjax && mkdir -p _vendor/mathjax/output/chtml/fonts
 cp "$src/tex-mml-chtml.js" _vendor/mathjax/
 cp -r "$src/output/chtml/fonts/woff-v2" _vendor/mathjax/output/chtml/fonts/
-echo "MathJax ${ver} vendored in _vendor/mathjax"
+# The TeX extensions MathJax autoloads on first use (\boldsymbol, \cancel, \mathtip, ...): without them a
+# page that uses one stops typesetting altogether (offline there is no CDN to fall back on)
+mkdir -p _vendor/mathjax/input/tex
+cp -r "$src/input/tex/extensions" _vendor/mathjax/input/tex/
+echo "${ver}" > _vendor/mathjax/.complete
+echo "MathJax ${ver} vendored in _vendor/mathjax (with its TeX extensions)"
