@@ -100,6 +100,10 @@ def _is_fake(dev) -> bool:
     return dev is not None and not isinstance(dev, torch.dtype) and torch.device(dev).type == "meta"
 
 
+def _cpu_index(i):
+    return torch.as_tensor(i) if isinstance(i, (np.ndarray, list)) else i
+
+
 class FakeDevice(TorchFunctionMode):
     """Route ``meta`` placements to :class:`OnDevice` and count CPU matrix products (``cpu_matmuls``)."""
 
@@ -118,6 +122,13 @@ class FakeDevice(TorchFunctionMode):
             self._cpu_ok -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch._C._nn._parse_to:          # Module.to(device=<fake>, dtype=...): parse as given
+            return func(*args, **(kwargs or {}))
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and isinstance(args[0], OnDevice):
+            # a NumPy or list index becomes an index tensor on the indexed tensor's device, which on the
+            # fake device holds no values (CUDA copies it): give it as a CPU integer tensor (allowed)
+            key = tuple(map(_cpu_index, args[1])) if isinstance(args[1], tuple) else _cpu_index(args[1])
+            args = (args[0], key, *args[2:])
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", "")
         if func in _HEAVY:

@@ -3,7 +3,6 @@ momentum-grad-accum, lion-tiger-embedding, simsiam-dynamics, gradient-penalty-in
 multitask-loss, multitask-gradient. Each test runs the library paths its chapter calls, at tiny size,
 with kexue's current device set to the fake second device of ``test_device`` (``gpu``: any CPU tensor
 meeting a device tensor raises, and no matrix product may run on plain CPU tensors)."""
-import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -32,47 +31,9 @@ _H = _harness()
 on_device, OnDevice, DeviceMismatch = _H.on_device, _H.OnDevice, _H.DeviceMismatch
 
 
-class _FakeDevice(_H.FakeDevice):
-    """The harness's mode, plus ``Module.to(device=<fake>, dtype=...)`` (keywords): the harness rewrites
-    any ``device=`` keyword to the CPU, which for ``torch._C._nn._parse_to`` (Module.to's parser) would
-    leave the module on the CPU; its positional form is already handled."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is torch._C._nn._parse_to:
-            return func(*args, **(kwargs or {}))
-        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and isinstance(args[0], OnDevice):
-            # a NumPy or list index becomes an index tensor on the indexed tensor's device, which on the fake
-            # device holds no values (CUDA copies it): give it as a CPU integer tensor (allowed)
-            conv = lambda i: torch.as_tensor(i) if isinstance(i, (np.ndarray, list)) else i  # noqa: E731
-            key = tuple(map(conv, args[1])) if isinstance(args[1], tuple) else conv(args[1])
-            args = (args[0], key, *args[2:])
-        return super().__torch_function__(func, types, args, kwargs)
-
-
-@contextlib.contextmanager
-def fake_gpu(strict: bool = False):
-    """``test_device.fake_gpu`` with :class:`_FakeDevice`."""
-    old, gen = kexue._CURRENT_DEVICE, torch.Generator
-    kexue._CURRENT_DEVICE = "meta"
-    mode = _FakeDevice(strict)
-    torch.Generator = _H._FakeAwareGenerator
-    try:
-        with mode:
-            yield mode
-    finally:
-        torch.Generator = gen
-        kexue._CURRENT_DEVICE = old
+fake_gpu, gpu = _H.fake_gpu, _H.gpu     # the harness and its fixture, shared with test_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def gpu():
-    """As ``test_device.gpu``: the body on the fake device; no matrix product on the CPU, some on it."""
-    with fake_gpu(strict=True) as mode:
-        yield mode
-    assert mode.cpu_matmuls == 0, f"{mode.cpu_matmuls} matrix products ran on the CPU"
-    assert mode.device_matmuls > 0, "nothing ran on the device"
 
 
 class Reached(Exception):
